@@ -1,0 +1,144 @@
+"""The adapter contract: (signature, demos, inputs) -> messages, and completion -> typed fields.
+
+An adapter owns the prompt format end to end, so the same program runs on a chat API, a JSON
+mode server or a tiny local model just by changing the adapter. ``Adapter.__call__`` also owns
+the one re-ask on a parse failure, so no predictor ever returns a silently empty field.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from oobleck.errors import ParseError
+from oobleck.signatures.types import coerce
+
+if TYPE_CHECKING:
+    from oobleck.lm.base import BaseLM
+    from oobleck.signatures.signature import Signature
+
+__all__ = ["Adapter", "Message", "format_value"]
+
+Message = dict[str, str]
+logger = logging.getLogger("oobleck.adapters")
+
+
+def format_value(value: Any) -> str:
+    """Text for a value: strings as they are, everything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "model_dump_json"):
+        return value.model_dump_json()
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class Adapter(ABC):
+    """Base class of prompt formats; subclasses implement ``format`` and ``parse``."""
+
+    name: str = "adapter"
+
+    @abstractmethod
+    def format(self, signature: type[Signature], demos: Sequence[Mapping[str, Any]], inputs: Mapping[str, Any]) -> list[Message]:
+        """Build the chat messages for one call."""
+
+    @abstractmethod
+    def parse_fields(self, signature: type[Signature], completion: str) -> dict[str, str]:
+        """Split a completion into raw text per output field (missing fields simply absent)."""
+
+    def lm_settings(self, signature: type[Signature]) -> dict[str, Any]:
+        """Extra LM settings this format needs (e.g. stop sequences)."""
+        return {}
+
+    def retry_messages(self, messages: list[Message], completion: str, error: ParseError) -> tuple[list[Message], dict[str, Any]]:
+        """Messages and settings for the single re-ask after a parse failure."""
+        feedback = (
+            f"Your reply could not be read: {error}. "
+            "Reply again with every output field, in exactly the format described."
+        )
+        return [*messages, {"role": "assistant", "content": completion}, {"role": "user", "content": feedback}], {}
+
+    def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
+        """Typed output values; ``ParseError`` (with the raw text) if a field is missing or bad."""
+        raw = self.parse_fields(signature, completion)
+        values: dict[str, Any] = {}
+        for name, field in signature.output_fields.items():
+            if name not in raw:
+                found = ", ".join(raw) or "none"
+                raise ParseError(f"output field {name!r} is missing (found: {found})", raw=completion, field=name)
+            values[name] = coerce(raw[name], field.annotation, field=name, raw=completion)
+        return values
+
+    def __call__(
+        self,
+        lm: BaseLM,
+        signature: type[Signature],
+        demos: Sequence[Mapping[str, Any]],
+        inputs: Mapping[str, Any],
+        **settings: Any,
+    ) -> list[dict[str, Any]]:
+        """Format, call the LM, parse; re-ask once on a parse failure, then raise ``ParseError``."""
+        messages = self.format(signature, demos, inputs)
+        settings = {**self.lm_settings(signature), **settings}
+        completions = lm(messages, **settings)
+        parsed, error, bad = self._parse_all(signature, completions)
+        if parsed:
+            return parsed
+        assert error is not None
+        logger.debug("re-asking after parse failure: %s", error)
+        retry, retry_settings = self.retry_messages(messages, bad, error)
+        completions = lm(retry, **{**settings, **retry_settings})
+        parsed, error, _ = self._parse_all(signature, completions)
+        if parsed:
+            return parsed
+        assert error is not None
+        raise error
+
+    async def acall(
+        self,
+        lm: BaseLM,
+        signature: type[Signature],
+        demos: Sequence[Mapping[str, Any]],
+        inputs: Mapping[str, Any],
+        **settings: Any,
+    ) -> list[dict[str, Any]]:
+        messages = self.format(signature, demos, inputs)
+        settings = {**self.lm_settings(signature), **settings}
+        completions = await lm.acall(messages, **settings)
+        parsed, error, bad = self._parse_all(signature, completions)
+        if parsed:
+            return parsed
+        assert error is not None
+        retry, retry_settings = self.retry_messages(messages, bad, error)
+        completions = await lm.acall(retry, **{**settings, **retry_settings})
+        parsed, error, _ = self._parse_all(signature, completions)
+        if parsed:
+            return parsed
+        assert error is not None
+        raise error
+
+    def _parse_all(self, signature: type[Signature], completions: list[str]) -> tuple[list[dict[str, Any]], ParseError | None, str]:
+        parsed: list[dict[str, Any]] = []
+        first_error: ParseError | None = None
+        bad = ""
+        for text in completions:
+            try:
+                parsed.append(self.parse(signature, text))
+            except ParseError as exc:
+                if first_error is None:
+                    first_error, bad = exc, text
+        if not completions:
+            first_error = ParseError("the LM returned no completion", raw="")
+        return parsed, first_error, bad
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+

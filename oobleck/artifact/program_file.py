@@ -1,0 +1,226 @@
+"""Save and load compiled programs as ``name.oobleck/program.json``.
+
+The file is plain JSON: per predictor, by name, its kind, full signature (field names, types
+as text, descriptions, instructions), demos, adapter and LM settings without secrets, plus
+provenance. Loading validates everything and never imports, evaluates or unpickles anything
+named in the file. A directory is written next to its target and renamed into place, so a
+crash never leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from oobleck._json import to_jsonable
+from oobleck._version import __version__
+from oobleck.errors import ArtifactError, OobleckError
+from oobleck.lm.base import BaseLM
+from oobleck.modules.module import Module
+from oobleck.modules.predict import ChainOfThought, Predict
+from oobleck.signatures.signature import Signature
+
+__all__ = ["save_program", "load_program", "read_manifest", "FORMAT", "SCHEMA_VERSION"]
+
+FORMAT = "oobleck.program"
+SCHEMA_VERSION = 1
+PROGRAM_FILE = "program.json"
+_KINDS: dict[str, type[Predict]] = {"Predict": Predict, "ChainOfThought": ChainOfThought}
+
+
+def _predictor_state(predictor: Predict) -> dict[str, Any]:
+    lm = predictor.lm
+    adapter = predictor.adapter
+    adapter_name = adapter if isinstance(adapter, str) or adapter is None else getattr(adapter, "name", None)
+    return {
+        "kind": getattr(predictor, "kind", "Predict") if type(predictor) in _KINDS.values() else "Predict",
+        "class": type(predictor).__name__,
+        "signature": predictor.signature.to_dict(),
+        "demos": [to_jsonable(dict(d)) for d in predictor.demos],
+        "adapter": adapter_name,
+        "config": to_jsonable({k: v for k, v in predictor.config.items() if k not in ("api_key",)}),
+        "lm": lm.describe() if isinstance(lm, BaseLM) else None,
+    }
+
+
+def save_program(program: Module, path: str | os.PathLike[str], *, provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write ``program`` to the folder ``path`` atomically; returns the folder."""
+    if not isinstance(program, Module):
+        raise ArtifactError(f"only an ob.Module can be saved, not {type(program).__name__}")
+    target = Path(path)
+    predictors = program.named_predictors()
+    if not predictors:
+        raise ArtifactError(f"{type(program).__name__} has no predictors to save")
+    document = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "oobleck_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "program": {"class": type(program).__name__, "predictors": {name: _predictor_state(p) for name, p in predictors}},
+        "provenance": to_jsonable(dict(provenance or {})),
+    }
+    text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        with open(staging / PROGRAM_FILE, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise ArtifactError(f"{target} exists and is not an artifact folder")
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validated ``program.json`` of an artifact folder (or the file itself)."""
+    location = Path(path)
+    file = location / PROGRAM_FILE if location.is_dir() else location
+    if not location.exists():
+        raise ArtifactError(f"no artifact at {location}")
+    if not file.is_file():
+        raise ArtifactError(f"{location} is a folder but holds no {PROGRAM_FILE}; is it an oobleck artifact?")
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {file}: {exc}") from None
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{file} is not UTF-8 text; it is not an oobleck artifact") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{file} is not valid JSON (truncated or damaged?): {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    _validate(document, file)
+    return document
+
+
+def _fail(file: Path, message: str) -> ArtifactError:
+    return ArtifactError(f"{file}: {message}")
+
+
+def _validate(document: Any, file: Path) -> None:
+    if not isinstance(document, dict):
+        raise _fail(file, "the top level must be a JSON object")
+    if document.get("format") != FORMAT:
+        raise _fail(file, f"not an oobleck program (format is {document.get('format')!r}, expected {FORMAT!r})")
+    version = document.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _fail(file, "schema_version is missing or not an integer")
+    if version > SCHEMA_VERSION:
+        raise _fail(file, f"schema_version {version} is newer than this oobleck ({__version__}) reads ({SCHEMA_VERSION}); upgrade oobleck")
+    program = document.get("program")
+    if not isinstance(program, dict) or not isinstance(program.get("predictors"), dict) or not program["predictors"]:
+        raise _fail(file, "'program.predictors' must be a non-empty object")
+    for name, state in program["predictors"].items():
+        where = f"predictor {name!r}"
+        if not isinstance(state, dict):
+            raise _fail(file, f"{where} must be an object")
+        if state.get("kind") not in _KINDS:
+            raise _fail(file, f"{where} has unknown kind {state.get('kind')!r}; known: {sorted(_KINDS)}")
+        signature = state.get("signature")
+        if not isinstance(signature, dict) or not isinstance(signature.get("fields"), list):
+            raise _fail(file, f"{where} has no valid signature")
+        for entry in signature["fields"]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(entry.get("type"), str):
+                raise _fail(file, f"{where}: each signature field needs a string 'name' and 'type'")
+        if not isinstance(signature.get("instructions", ""), str):
+            raise _fail(file, f"{where}: instructions must be text")
+        demos = state.get("demos", [])
+        if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
+            raise _fail(file, f"{where}: demos must be a list of objects")
+        if state.get("adapter") is not None and not isinstance(state.get("adapter"), str):
+            raise _fail(file, f"{where}: adapter must be a name")
+        if not isinstance(state.get("config", {}), dict):
+            raise _fail(file, f"{where}: config must be an object")
+        if state.get("lm") is not None and not isinstance(state.get("lm"), dict):
+            raise _fail(file, f"{where}: lm must be an object")
+
+
+def _signature(state: dict[str, Any], name: str, file: Path) -> type[Signature]:
+    try:
+        return Signature.from_dict(state["signature"])
+    except OobleckError as exc:
+        raise _fail(file, f"predictor {name!r} has an invalid signature: {exc}") from None
+
+
+def _build_predictor(state: dict[str, Any], name: str, file: Path) -> Predict:
+    signature = _signature(state, name, file)
+    if not signature.input_fields or not signature.output_fields:
+        raise _fail(file, f"predictor {name!r} needs at least one input and one output field")
+    predictor = Predict(signature, adapter=state.get("adapter"), demos=state.get("demos", []), **state.get("config", {}))
+    if state["kind"] == "ChainOfThought":
+        predictor.__class__ = ChainOfThought  # the stored signature already holds the reasoning field
+    return predictor
+
+
+def load_program(path: str | os.PathLike[str], program: Module | None = None, *, lm: BaseLM | str | None = None) -> Module:
+    """Load an artifact; match saved predictors to ``program``'s by name.
+
+    Without ``program``, an artifact of one predictor loads as that ``Predict`` or
+    ``ChainOfThought``; one of several predictors needs the user's Module passed in.
+    ``lm`` (an LM or an id) is set on every predictor.
+    """
+    file = Path(path)
+    file = file / PROGRAM_FILE if file.is_dir() else file
+    document = read_manifest(path)
+    saved: dict[str, dict[str, Any]] = document["program"]["predictors"]
+    if program is None:
+        if len(saved) != 1:
+            raise ArtifactError(
+                f"{file} holds a {document['program'].get('class', 'Module')} with predictors {sorted(saved)}; "
+                "pass the program object: ob.load(path, program=MyProgram())"
+            )
+        (name, state), = saved.items()
+        result: Module = _build_predictor(state, name, file)
+    else:
+        if not isinstance(program, Module):
+            raise ArtifactError(f"program must be an ob.Module, not {type(program).__name__}")
+        result = program
+        own = dict(program.named_predictors())
+        missing, extra = sorted(set(saved) - set(own)), sorted(set(own) - set(saved))
+        if missing or extra:
+            raise ArtifactError(
+                f"{file} does not fit {type(program).__name__}: saved predictors {sorted(saved)}, program predictors {sorted(own)}"
+            )
+        for name, state in saved.items():
+            predictor = own[name]
+            signature = _signature(state, name, file)
+            if list(signature.fields) != list(predictor.signature.fields):
+                raise ArtifactError(
+                    f"{file}: predictor {name!r} was saved with fields {list(signature.fields)} "
+                    f"but the program's has {list(predictor.signature.fields)}"
+                )
+            predictor.signature = predictor.signature.with_instructions(signature.instructions)
+            predictor.demos = [dict(d) for d in state.get("demos", [])]
+            if state.get("adapter") and predictor.adapter is None:
+                predictor.adapter = state["adapter"]
+    if lm is not None:
+        from oobleck.lm.lm import LM
+
+        result.set_lm(LM(lm) if isinstance(lm, str) else lm)
+    result.compile_info = document.get("provenance") or {}
+    return result

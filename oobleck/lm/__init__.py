@@ -1,0 +1,8 @@
+"""The LM layer: one ``LM`` front, pluggable backends, cache, retries and usage."""
+
+from oobleck.lm.base import BaseLM, Completion, RetryPolicy
+from oobleck.lm.cache import ResponseCache
+from oobleck.lm.lm import LM
+from oobleck.lm.usage import Usage, track_usage
+
+__all__ = ["LM", "BaseLM", "Completion", "ResponseCache", "RetryPolicy", "Usage", "track_usage"]

@@ -1,0 +1,262 @@
+"""``LM("hf/<local path or hub id>")``: a transformers causal LM run in this process.
+
+Requests from many threads (an evaluation's workers, a server's handlers) are gathered by
+one batching thread into a single left-padded ``generate`` call; greedy decoding gives the
+same text batched as one at a time. ``hf/oobleck-tiny`` resolves to the bundled demo model,
+whose config declares the prompt format (adapter) it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oobleck.errors import ConfigurationError, LMError, LMResponseError
+from oobleck.lm.base import Completion, Message
+from oobleck.lm.lm import LM
+
+__all__ = ["HuggingFaceLM", "resolve_model_path"]
+
+logger = logging.getLogger("oobleck.lm.hf")
+BUNDLED = {"oobleck-tiny": Path(__file__).resolve().parent.parent / "tiny" / "weights"}
+_GENERATION_KEYS = {"temperature", "max_tokens", "max_new_tokens", "top_p", "top_k", "n", "stop", "seed", "repetition_penalty"}
+
+
+def resolve_model_path(name: str) -> str:
+    """Bundled name -> its folder; an existing path -> itself; anything else is a hub id."""
+    if name in BUNDLED:
+        return str(BUNDLED[name])
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    key: tuple[Any, ...]
+    settings: dict[str, Any]
+    future: Future[list[Completion]] = field(default_factory=Future)
+
+
+class HuggingFaceLM(LM):
+    """In-process transformers model; ``device`` defaults to CUDA when present, else CPU.
+
+    ``max_batch_size`` caps one ``generate`` call (1 turns batching off); ``batch_wait_ms`` is
+    how long the batcher waits for more requests before starting a batch.
+    """
+
+    provider = "hf"
+
+    def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None, max_batch_size: int = 64,
+                 batch_wait_ms: float = 2.0, **kwargs: Any):  # fmt: skip
+        _, _, name = model.partition("/")
+        if not name:
+            raise ConfigurationError(f"LM id {model!r} names no model; write 'hf/<local path or hub id>'")
+        self.path = resolve_model_path(name)
+        declared = self._declared_adapter(self.path)
+        kwargs.setdefault("adapter", declared)
+        kwargs.setdefault("temperature", 0.0)
+        super().__init__(name, **kwargs)
+        self.device_name = device
+        self.dtype_name = dtype
+        if max_batch_size < 1:
+            raise ConfigurationError("max_batch_size must be at least 1")
+        self.max_batch_size = max_batch_size
+        self.batch_wait = batch_wait_ms / 1000.0
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._load_lock = threading.Lock()
+        self._queue: queue.Queue[_Request] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self.batches_run = 0
+
+    @staticmethod
+    def _declared_adapter(path: str) -> str | None:
+        config = Path(path) / "config.json"
+        if not config.is_file():
+            return None
+        try:
+            declared = json.loads(config.read_text()).get("oobleck") or {}
+        except (OSError, json.JSONDecodeError):
+            return None
+        adapter = declared.get("adapter") if isinstance(declared, dict) else None
+        return adapter if isinstance(adapter, str) else None
+
+    def cache_identity(self) -> dict[str, Any]:
+        identity = {"provider": self.provider, "model": self.model}
+        weights = Path(self.path) / "model.safetensors"
+        if weights.is_file():  # retrained weights must not hit an old model's cache entries
+            stat = weights.stat()
+            identity["weights"] = f"{stat.st_size}:{int(stat.st_mtime)}"
+        return identity
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self) -> tuple[Any, Any]:
+        """Load tokenizer and model once (thread-safe); errors name the path or hub id."""
+        with self._load_lock:
+            if self._model is None:
+                self._tokenizer, self._model = self._load()
+            return self._tokenizer, self._model
+
+    def _load(self) -> tuple[Any, Any]:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError:
+            raise ConfigurationError("'hf/...' LMs need torch and transformers installed") from None
+        device = self.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, self.dtype_name) if self.dtype_name else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        local = os.path.isdir(self.path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, local_files_only=local)
+        except (OSError, ValueError) as exc:
+            where = f"folder {self.path}" if local else f"hub id {self.path!r} (is it downloaded, or HF_HUB_OFFLINE set?)"
+            raise LMError(f"cannot load the model from {where}: {exc}") from exc
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.to(device)
+        model.eval()
+        return tokenizer, model
+
+    @property
+    def context_length(self) -> int:
+        _, model = self.load()
+        return int(getattr(model.config, "max_position_embeddings", 2048))
+
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
+        tokenizer, _ = self.load()
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n\n".join(m["content"] for m in messages)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate(self, messages: list[Message], **settings: Any) -> Sequence[Completion]:
+        unknown = set(settings) - _GENERATION_KEYS
+        if unknown:
+            raise ConfigurationError(f"hf LMs do not take setting(s) {sorted(unknown)}; known: {sorted(_GENERATION_KEYS)}")
+        ids = self.prompt_ids(messages)
+        limit = self.context_length
+        if len(ids) >= limit:
+            raise LMResponseError(
+                f"the prompt is {len(ids)} tokens but hf/{self.model} reads at most {limit}; use fewer or shorter demos",
+                retryable=False,
+            )
+        request = _Request(ids, self._batch_key(settings), settings)
+        self._ensure_worker()
+        self._queue.put(request)
+        return request.future.result()
+
+    @staticmethod
+    def _batch_key(settings: dict[str, Any]) -> tuple[Any, ...]:
+        stop = settings.get("stop")
+        stop_key = tuple(stop) if isinstance(stop, (list, tuple)) else stop
+        return (
+            float(settings.get("temperature") or 0.0),
+            settings.get("max_tokens", settings.get("max_new_tokens")),
+            settings.get("top_p"),
+            settings.get("top_k"),
+            int(settings.get("n") or 1),
+            stop_key,
+            settings.get("seed"),
+            settings.get("repetition_penalty"),
+        )
+
+    def _ensure_worker(self) -> None:
+        with self._load_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name=f"oobleck-hf-batcher-{self.model}", daemon=True)
+                self._worker.start()
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            pending = [first]
+            try:
+                while len(pending) < self.max_batch_size:
+                    pending.append(self._queue.get(timeout=self.batch_wait))
+            except queue.Empty:
+                pass
+            groups: dict[tuple[Any, ...], list[_Request]] = {}
+            for request in pending:
+                groups.setdefault(request.key, []).append(request)
+            for group in groups.values():
+                try:
+                    results = self._run_batch(group)
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+                    error = exc if isinstance(exc, LMError) else LMError(f"hf/{self.model}: generation failed: {type(exc).__name__}: {exc}")
+                    for request in group:
+                        request.future.set_exception(error)
+                else:
+                    for request, completions in zip(group, results, strict=True):
+                        request.future.set_result(completions)
+
+    def _run_batch(self, group: list[_Request]) -> list[list[Completion]]:
+        import torch
+
+        tokenizer, model = self.load()
+        settings = group[0].settings
+        temperature = float(settings.get("temperature") or 0.0)
+        n = int(settings.get("n") or 1)
+        limit = self.context_length
+        longest = max(len(r.prompt_ids) for r in group)
+        wanted = settings.get("max_tokens", settings.get("max_new_tokens")) or 128
+        max_new = max(1, min(int(wanted), limit - longest))
+        pad = tokenizer.pad_token_id
+        input_ids = torch.full((len(group), longest), pad, dtype=torch.long)
+        attention = torch.zeros((len(group), longest), dtype=torch.long)
+        for row, request in enumerate(group):
+            ids = request.prompt_ids
+            input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention[row, longest - len(ids) :] = 1
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id}
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, num_return_sequences=n)
+            for key in ("top_p", "top_k"):
+                if settings.get(key) is not None:
+                    kwargs[key] = settings[key]
+            if settings.get("seed") is not None:
+                torch.manual_seed(int(settings["seed"]))
+        else:
+            kwargs["do_sample"] = False
+        if settings.get("repetition_penalty") is not None:
+            kwargs["repetition_penalty"] = settings["repetition_penalty"]
+        device = model.device
+        with torch.inference_mode():
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        self.batches_run += 1
+        generated = output[:, longest:].cpu()
+        copies = n if temperature > 0 else 1
+        stops = settings.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else list(stops)
+        results: list[list[Completion]] = []
+        for row, request in enumerate(group):
+            completions = []
+            for k in range(copies):
+                tokens = generated[row * copies + k].tolist()
+                if tokenizer.eos_token_id in tokens:
+                    tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+                while tokens and tokens[-1] == pad:
+                    tokens.pop()
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                for stop in stops:
+                    if stop and stop in text:
+                        text = text[: text.index(stop)]
+                completions.append(Completion(text, len(request.prompt_ids), len(tokens)))
+            if copies < n:
+                completions = completions * n
+            results.append(completions)
+        return results

@@ -1,0 +1,134 @@
+"""Any OpenAI-compatible chat server through the official ``openai`` SDK.
+
+OpenAI itself, vLLM, Ollama, llama.cpp's server and TGI all speak this protocol; only
+``base_url`` and the key differ. The SDK's own retries are switched off so that ``BaseLM``'s
+single retry policy (with jitter and usage accounting) applies to every backend alike.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from oobleck.errors import ConfigurationError, LMConnectionError, LMResponseError
+from oobleck.lm.base import Completion, Message
+from oobleck.lm.lm import LM
+
+__all__ = ["OpenAICompatibleLM"]
+
+_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class OpenAICompatibleLM(LM):
+    """``LM("openai/<model>", base_url=..., api_key=...)``.
+
+    ``api_key`` falls back to ``OPENAI_API_KEY`` and ``base_url`` to ``OPENAI_BASE_URL``; a
+    local server given by ``base_url`` needs no key. The key is kept out of settings, so it
+    never reaches the cache key, the history or an artifact.
+    """
+
+    provider = "openai"
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0, **kwargs: Any):
+        _, _, name = model.partition("/")
+        if not name:
+            raise ConfigurationError(f"LM id {model!r} names no model; write 'openai/<model>'")
+        super().__init__(name, **kwargs)
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if self.base_url else None)
+        self.timeout = timeout
+        self._client: Any = None
+        self._async_client: Any = None
+        self._lock = threading.Lock()
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {"provider": self.provider, "model": self.model, "base_url": self.base_url}
+
+    def describe(self) -> dict[str, Any]:
+        described = super().describe()
+        if self.base_url:
+            described["base_url"] = self.base_url
+        return described
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        if self._api_key is None:
+            raise ConfigurationError(
+                f"no API key for openai/{self.model}: set OPENAI_API_KEY, pass api_key=..., or pass base_url=... for a local server"
+            )
+        return {"api_key": self._api_key, "base_url": self.base_url, "max_retries": 0, "timeout": self.timeout}
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                import openai
+
+                self._client = openai.OpenAI(**self._client_kwargs())
+            return self._client
+
+    def async_client(self) -> Any:
+        with self._lock:
+            if self._async_client is None:
+                import openai
+
+                self._async_client = openai.AsyncOpenAI(**self._client_kwargs())
+            return self._async_client
+
+    def _request(self, messages: list[Message], settings: dict[str, Any]) -> dict[str, Any]:
+        request = {"model": self.model, "messages": messages, **settings}
+        return request
+
+    def generate(self, messages: list[Message], **settings: Any) -> Sequence[Completion]:
+        import openai
+
+        try:
+            response = self.client().chat.completions.create(**self._request(messages, settings))
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from exc
+        return self._completions(response)
+
+    async def agenerate(self, messages: list[Message], **settings: Any) -> Sequence[Completion]:
+        import openai
+
+        try:
+            response = await self.async_client().chat.completions.create(**self._request(messages, settings))
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from exc
+        return self._completions(response)
+
+    def _where(self) -> str:
+        return self.base_url or "api.openai.com"
+
+    def _translate(self, exc: Exception) -> Exception:
+        import openai
+
+        if isinstance(exc, openai.APITimeoutError):
+            return TimeoutError(f"openai/{self.model} at {self._where()}: request timed out")
+        if isinstance(exc, openai.APIConnectionError):
+            return LMConnectionError(f"cannot reach the LM server at {self._where()} for openai/{self.model}: {exc.__cause__ or exc}")
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            body = str(getattr(exc, "message", exc))[:300]
+            retryable = status in _RETRYABLE_STATUS or status >= 500
+            return LMResponseError(f"openai/{self.model} at {self._where()} answered HTTP {status}: {body}", status=status, retryable=retryable)
+        if isinstance(exc, openai.APIResponseValidationError):
+            return LMResponseError(f"openai/{self.model} at {self._where()} sent a malformed response body", retryable=True)
+        return LMResponseError(f"openai/{self.model} at {self._where()}: {type(exc).__name__}: {exc}", retryable=False)
+
+    def _completions(self, response: Any) -> list[Completion]:
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise LMResponseError(f"openai/{self.model} at {self._where()} sent a response without choices", retryable=True)
+        usage = getattr(response, "usage", None)
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        texts = []
+        for choice in choices:
+            message = getattr(choice, "message", None)
+            content = getattr(message, "content", None)
+            if not isinstance(content, str):
+                raise LMResponseError(f"openai/{self.model} at {self._where()} sent a choice without text content", retryable=True)
+            texts.append(content)
+        share = completion // len(texts)
+        return [Completion(t, prompt, share) for t in texts]

@@ -1,0 +1,140 @@
+"""``Predict`` and ``ChainOfThought``: the predictors optimizers tune.
+
+A predictor holds what an optimizer changes (the signature's instructions and the demos) and
+what a user pins (its LM, adapter and settings). Calling it checks the inputs against the
+signature, formats the prompt with the adapter, calls the LM, coerces the outputs to their
+declared types and records the call in the active trace.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from oobleck.adapters import Adapter, get_adapter
+from oobleck.errors import ConfigurationError, InputError
+from oobleck.example import Prediction
+from oobleck.lm.base import BaseLM
+from oobleck.modules.module import Module
+from oobleck.modules.trace import record, tracing_active
+from oobleck.settings import get_setting
+from oobleck.signatures.field import OutputField
+from oobleck.signatures.signature import Signature, ensure_signature
+from oobleck.signatures.types import check_input, type_to_str
+
+__all__ = ["Predict", "ChainOfThought"]
+
+_CALL_OPTIONS = {"demos", "config", "lm"}
+
+
+class Predict(Module):
+    """One LM call shaped by a signature: ``Predict("question -> answer")(question=...)``."""
+
+    kind = "Predict"
+
+    def __init__(self, signature: str | type[Signature], *, lm: BaseLM | None = None, adapter: str | Adapter | None = None,
+                 demos: Sequence[Mapping[str, Any]] | None = None, **config: Any):  # fmt: skip
+        self.signature = ensure_signature(signature)
+        self.lm = lm
+        self.adapter = adapter
+        self.demos: list[dict[str, Any]] = [dict(d) for d in demos or []]
+        self.config = config
+        self._adapter_cache: tuple[Any, Adapter] | None = None
+
+    # -- resolution --------------------------------------------------------------------------
+
+    def resolve_lm(self, override: BaseLM | None = None) -> BaseLM:
+        lm = override or self.lm or get_setting("lm")
+        if lm is None:
+            raise ConfigurationError(
+                "no LM configured: call ob.configure(lm=ob.LM('openai/...')), use ob.context(lm=...), or pass lm= to the predictor"
+            )
+        if not isinstance(lm, BaseLM):
+            raise ConfigurationError(f"the configured LM must be an ob.BaseLM, not {type(lm).__name__}")
+        return lm
+
+    def resolve_adapter(self, lm: BaseLM) -> Adapter:
+        """Predictor's own adapter, else the configured one, else the LM's declared one, else chat."""
+        spec = self.adapter or get_setting("adapter") or lm.adapter
+        cached = self._adapter_cache
+        if cached is not None and cached[0] is spec:
+            return cached[1]
+        adapter = get_adapter(spec)
+        self._adapter_cache = (spec, adapter)
+        return adapter
+
+    def check_inputs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        fields = self.signature.input_fields
+        missing = [n for n in fields if n not in kwargs]
+        extra = [n for n in kwargs if n not in fields]
+        if missing or extra:
+            problems = []
+            if missing:
+                problems.append(f"missing {missing}")
+            if extra:
+                problems.append(f"unexpected {extra}")
+            raise InputError(f"{type(self).__name__}({self.signature.signature!r}) called with {' and '.join(problems)}")
+        for name, field in fields.items():
+            annotation = field.annotation
+            if annotation is not str and not check_input(kwargs[name], annotation):
+                raise InputError(
+                    f"input {name!r} should be {type_to_str(annotation)}, got {type(kwargs[name]).__name__}: {str(kwargs[name])[:60]!r}"
+                )
+        return dict(kwargs)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], BaseLM]:
+        options = {k: kwargs.pop(k) for k in _CALL_OPTIONS if k in kwargs}
+        lm = self.resolve_lm(options.get("lm"))
+        demos = options.get("demos", self.demos)
+        settings = {**self.config, **options.get("config", {})}
+        return self.check_inputs(kwargs), demos, settings, lm
+
+    def _prediction(self, inputs: dict[str, Any], outputs: list[dict[str, Any]]) -> Prediction:
+        prediction = Prediction(outputs[0]) if len(outputs) == 1 else Prediction.from_completions(outputs)
+        if tracing_active():
+            record(self, inputs, dict(outputs[0]))
+        return prediction
+
+    def forward(self, **kwargs: Any) -> Prediction:
+        inputs, demos, settings, lm = self._split(kwargs)
+        outputs = self.resolve_adapter(lm)(lm, self.signature, demos, inputs, **settings)
+        return self._prediction(inputs, outputs)
+
+    async def aforward(self, **kwargs: Any) -> Prediction:
+        inputs, demos, settings, lm = self._split(kwargs)
+        outputs = await self.resolve_adapter(lm).acall(lm, self.signature, demos, inputs, **settings)
+        return self._prediction(inputs, outputs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
+        if args:
+            raise InputError(f"{type(self).__name__} takes keyword inputs only, e.g. {next(iter(self.signature.input_fields))}=...")
+        return self.forward(**kwargs)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Predict:
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in vars(self).items():
+            if key == "lm" or key == "_adapter_cache":
+                setattr(clone, key, value if key == "lm" else None)
+            else:
+                setattr(clone, key, copy.deepcopy(value, memo))
+        return clone
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.signature.signature!r}, demos={len(self.demos)})"
+
+
+class ChainOfThought(Predict):
+    """``Predict`` with a ``reasoning`` output written before the other outputs."""
+
+    kind = "ChainOfThought"
+
+    def __init__(self, signature: str | type[Signature], *, rationale_desc: str = "Think step by step to reach the answer.", **kwargs: Any):
+        base = ensure_signature(signature)
+        extended = base if "reasoning" in base.output_fields else base.prepend("reasoning", OutputField(desc=rationale_desc))
+        super().__init__(extended, **kwargs)

@@ -1,0 +1,50 @@
+"""Traces of predictor calls, for bootstrapping demos from successful runs.
+
+A trace is a list of ``TraceEntry`` (predictor, inputs, outputs) held in a ``ContextVar``, so
+each thread or asyncio task running a program gets its own, and worker threads started with
+the caller's context append to the caller's list.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from oobleck.modules.predict import Predict
+
+__all__ = ["TraceEntry", "trace", "record", "tracing_active"]
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    predictor: Predict
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+
+_current: contextvars.ContextVar[list[TraceEntry] | None] = contextvars.ContextVar("oobleck_trace", default=None)
+
+
+@contextmanager
+def trace() -> Iterator[list[TraceEntry]]:
+    """Collect every predictor call made inside the block, in call order."""
+    entries: list[TraceEntry] = []
+    token = _current.set(entries)
+    try:
+        yield entries
+    finally:
+        _current.reset(token)
+
+
+def tracing_active() -> bool:
+    return _current.get() is not None
+
+
+def record(predictor: Predict, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    entries = _current.get()
+    if entries is not None:
+        entries.append(TraceEntry(predictor, inputs, outputs))
