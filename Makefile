@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BENCH_VENV := .venv-bench
+BENCH_PY   := $(BENCH_VENV)/bin/python
 DEMO   := runs/quickstart
 
 .PHONY: demo test bench train-tiny clean
@@ -23,15 +25,20 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-$(VENV)/.bench: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[bench]"
+# Benchmarks against DSPy get their own venv, so DSPy's dependencies never touch .venv.
+# torch is installed first and pinned (the CPU wheel); left to pip it would pull CUDA packages.
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q torch==2.13.0
+	$(BENCH_PY) -m pip install -q -e ".[hf,dev,bench]"
 	touch $@
 
-bench: $(VENV)/.bench
-	$(PY) benchmarks/run_all.py
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_PY) benchmarks/run_all.py
 
 train-tiny: $(VENV)/.installed
 	$(PY) -m oobleck.tiny.train --out runs/oobleck-tiny
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache

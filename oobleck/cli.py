@@ -128,7 +128,20 @@ def _load(directory: Path, program_ref: str | None, lm_id: str | None) -> Any:
     return loaded, manifest
 
 
+def _candidates_table(candidates: list[dict[str, Any]]) -> Table:
+    """The candidates an optimizer scored: where each came from, its dev score, its LM calls."""
+    table = Table(title="candidates")
+    table.add_column("source")
+    table.add_column("dev score", justify="right")
+    table.add_column("LM calls", justify="right")
+    for c in candidates:
+        score = c.get("score")
+        table.add_row(str(c.get("source")), "-" if score is None else f"{100 * score:.1f}%", str((c.get("cost") or {}).get("calls", "-")))
+    return table
+
+
 def _score_table(rows: list[tuple[str, Any]]) -> Table:
+    """One row per evaluated program."""
     table = Table(show_header=True)
     table.add_column("program")
     table.add_column("score", justify="right")
@@ -143,6 +156,7 @@ def compile(  # noqa: A001 - the command's name
     program: str = typer.Argument(..., help="path/to/file.py:object (an ob.Module, or a function returning one)"),
     train: Path = typer.Option(..., "--train", help="training data (.jsonl, .json, .csv, .parquet)"),
     dev: Path = typer.Option(None, "--dev", help="dev data for scoring candidates and the before/after table"),
+    test: Path = typer.Option(None, "--test", help="held-out data: scored before and after, never used to choose"),
     metric: str = typer.Option("exact_match", "--metric", help="built-in name or path/to/file.py:function"),
     optimizer: str = typer.Option("bootstrap", "--optimizer", help="labeled | bootstrap | random"),
     lm: str = typer.Option(None, "--lm", help="LM id, e.g. hf/oobleck-tiny or openai/gpt-4o-mini"),
@@ -169,21 +183,35 @@ def compile(  # noqa: A001 - the command's name
     keys = _inputs_for(student, inputs)
     trainset = load_examples(train, keys)
     devset = load_examples(dev, keys) if dev else None
+    testset = load_examples(test, keys) if test else None
     if optimizer == "labeled":
         opt: Any = LabeledFewShot(max_demos, seed=seed)
     elif optimizer == "bootstrap":
         opt = BootstrapFewShot(metric_fn, max_demos=max_demos, num_threads=threads, seed=seed)
     elif optimizer in ("random", "random_search"):
-        opt = RandomSearch(metric_fn, max_demos=max_demos, num_candidates=num_candidates, num_threads=threads, seed=seed)
+        opt = RandomSearch(metric_fn, max_demos=max_demos, num_candidates=num_candidates, num_threads=threads, seed=seed, display_progress=False)
     else:
         raise ConfigurationError(f"unknown optimizer {optimizer!r}; choose labeled, bootstrap or random")
     err.print(f"compiling with {type(opt).__name__} on {len(trainset)} training examples")
-    compiled = opt.compile(student, trainset=trainset, valset=devset)
-    if devset:
-        evaluate = Evaluate(devset=devset, metric=metric_fn, num_threads=threads)
-        before, after = evaluate(student), evaluate(compiled)
-        compiled.compile_info.setdefault("scores", {}).update(dev_before=before.score, dev_after=after.score)
-        console.print(_score_table([("before (uncompiled)", before), ("after (compiled)", after)]))
+    with err.status(f"{type(opt).__name__} is searching"):
+        compiled = opt.compile(student, trainset=trainset, valset=devset)
+    if len(compiled.compile_info.get("candidates", [])) > 1:
+        console.print(_candidates_table(compiled.compile_info["candidates"]))
+    scores = compiled.compile_info.setdefault("scores", {})
+    rows = []
+    for label, data in (("dev", devset), ("test", testset)):
+        if data:
+            scorer = Evaluate(devset=data, metric=metric_fn, num_threads=threads, display_progress=False)
+            before, after = scorer(student), scorer(compiled)
+            scores.update({f"{label}_before": before.score, f"{label}_after": after.score})
+            rows.append((label, len(data), before, after))
+    if rows:
+        table = Table(title=f"{type(opt).__name__}: score before and after compiling")
+        for column in ("set", "examples", "before", "after", "gain"):
+            table.add_column(column, justify="left" if column == "set" else "right")
+        for label, n, before, after in rows:
+            table.add_row(label, str(n), f"{before.percent:.1f}%", f"{after.percent:.1f}%", f"{after.percent - before.percent:+.1f} pts")
+        console.print(table)
     path = compiled.save(out)
     console.print(f"saved [bold]{path}[/]")
 
@@ -289,14 +317,7 @@ def inspect(artifact: Path = typer.Argument(..., help="artifact folder"), demos:
                 console.print(f"{key}: {json.dumps(provenance[key], ensure_ascii=False)}", highlight=False)
         candidates = provenance.get("candidates") or []
         if len(candidates) > 1:
-            table = Table(title="candidates")
-            table.add_column("source")
-            table.add_column("score", justify="right")
-            table.add_column("LM calls", justify="right")
-            for c in candidates:
-                score = c.get("score")
-                table.add_row(str(c.get("source")), "-" if score is None else f"{100 * score:.1f}%", str((c.get("cost") or {}).get("calls", "-")))
-            console.print(table)
+            console.print(_candidates_table(candidates))
 
 
 def main() -> None:

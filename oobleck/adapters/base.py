@@ -10,9 +10,10 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from oobleck.errors import ParseError
 from oobleck.signatures.types import coerce
@@ -39,6 +40,16 @@ def format_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return str(value)
+
+
+def allows_empty(annotation: Any) -> bool:
+    """Whether a blank or null answer is a real value of this type (``Optional``, ``Any``, ``Literal['']``)."""
+    if annotation is Any or annotation is type(None):
+        return True
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return "" in args or None in args
+    return type(None) in args and (get_origin(annotation) is Union or isinstance(annotation, types.UnionType))
 
 
 class Adapter(ABC):
@@ -74,7 +85,10 @@ class Adapter(ABC):
             if name not in raw:
                 found = ", ".join(raw) or "none"
                 raise ParseError(f"output field {name!r} is missing (found: {found})", raw=completion, field=name)
-            values[name] = coerce(raw[name], field.annotation, field=name, raw=completion)
+            value = raw[name]
+            if (value is None or (isinstance(value, str) and not value.strip())) and not allows_empty(field.annotation):
+                raise ParseError(f"output field {name!r} is empty", raw=completion, field=name)
+            values[name] = coerce(value, field.annotation, field=name, raw=completion)
         return values
 
     def __call__(

@@ -8,6 +8,7 @@ Demos are shown as earlier user/assistant turns, which chat models follow well.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,10 @@ class ChatAdapter(Adapter):
     name = "chat"
 
     def system_message(self, signature: type[Signature]) -> str:
+        return _prompt_parts(signature)[0]
+
+    @staticmethod
+    def _build_system_message(signature: type[Signature]) -> str:
         outputs = signature.output_fields
         layout = [f"{marker(n)}\n{{{n}}}" for n in signature.fields]
         hints = [f"- `{n}`: {type_hint(f)}" for n, f in outputs.items() if type_hint(f)]
@@ -78,27 +83,46 @@ class ChatAdapter(Adapter):
         parts.append("Task:\n" + signature.instructions)
         return "\n\n".join(parts)
 
-    def _block(self, fields: Mapping[str, Field], values: Mapping[str, Any]) -> str:
-        return "\n\n".join(f"{marker(n)}\n{_render_value(values[n])}" for n in fields if n in values)
+    def _block(self, fields: Mapping[str, Field], values: Mapping[str, Any], *, outputs: bool = False) -> str:
+        # Outputs are shown exactly as ``parse`` reads them (lists as JSON), so demos teach a parsable reply.
+        render = format_value if outputs else _render_value
+        return "\n\n".join(f"{marker(n)}\n{render(values[n])}" for n in fields if n in values)
 
     def format(self, signature: type[Signature], demos: Sequence[Mapping[str, Any]], inputs: Mapping[str, Any]) -> list[Message]:
         messages: list[Message] = [{"role": "system", "content": self.system_message(signature)}]
-        outputs = signature.output_fields
+        input_fields, outputs = signature.input_fields, signature.output_fields
         for demo in demos:
             if not any(n in demo for n in outputs):
                 continue
-            messages.append({"role": "user", "content": self._block(signature.input_fields, demo)})
-            messages.append({"role": "assistant", "content": self._block(outputs, demo) + f"\n\n{marker('completed')}"})
-        closing = "Reply with " + ", then ".join(marker(n) for n in outputs) + f", and end with {marker('completed')}."
-        messages.append({"role": "user", "content": self._block(signature.input_fields, inputs) + "\n\n" + closing})
+            messages.append({"role": "user", "content": self._block(input_fields, demo)})
+            messages.append({"role": "assistant", "content": self._block(outputs, demo, outputs=True) + f"\n\n{marker('completed')}"})
+        closing = _prompt_parts(signature)[1]
+        messages.append({"role": "user", "content": self._block(input_fields, inputs) + "\n\n" + closing})
         return messages
 
     def parse_fields(self, signature: type[Signature], completion: str) -> dict[str, str]:
         sections: dict[str, str] = {}
+        outputs = signature.output_fields
         matches = list(_MARKER.finditer(completion))
         for i, match in enumerate(matches):
             name = match.group(1)
             end = matches[i + 1].start() if i + 1 < len(matches) else len(completion)
-            if name in signature.output_fields and name not in sections:
+            if name in outputs and name not in sections:
                 sections[name] = completion[match.end() : end].strip()
         return sections
+
+
+# Signature classes are immutable (derivations make new classes), so the parts of a prompt
+# that depend only on the signature are built once per class. Weak keys let the many
+# signatures an optimizer derives be collected.
+_PROMPT_PARTS: weakref.WeakKeyDictionary[type, tuple[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _prompt_parts(signature: type[Signature]) -> tuple[str, str]:
+    """(system message, closing line of the last user turn) for ``signature``."""
+    parts = _PROMPT_PARTS.get(signature)
+    if parts is None:
+        closing = "Reply with " + ", then ".join(marker(n) for n in signature.output_fields) + f", and end with {marker('completed')}."
+        parts = (ChatAdapter._build_system_message(signature), closing)
+        _PROMPT_PARTS[signature] = parts
+    return parts

@@ -75,7 +75,27 @@ class JSONAdapter(Adapter):
         try:
             data = json.loads(match.group(0))
         except json.JSONDecodeError as exc:
-            raise ParseError(f"the reply is not valid JSON: {exc.msg} at character {exc.pos}", raw=completion) from None
+            data = _first_object(completion)
+            if data is None:
+                raise ParseError(f"the reply is not valid JSON: {exc.msg} at character {exc.pos}", raw=completion) from None
+        except (ValueError, RecursionError) as exc:  # a huge number or absurd nesting
+            raise ParseError(f"the reply is not usable JSON: {exc}", raw=completion) from None
         if not isinstance(data, dict):
             raise ParseError("the reply's JSON is not an object", raw=completion)
         return {k: v for k, v in data.items() if k in signature.output_fields}
+
+
+def _first_object(text: str, tries: int = 32) -> dict[str, Any] | None:
+    """The first JSON object that decodes, for replies with braces around it ("{...} See {note}")."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1 and tries > 0:
+        try:
+            data, _ = decoder.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            data = None
+        if isinstance(data, dict):
+            return data
+        start = text.find("{", start + 1)
+        tries -= 1
+    return None

@@ -20,8 +20,10 @@ from typing import Any
 
 from oobleck._json import to_jsonable
 from oobleck._version import __version__
+from oobleck.adapters import get_adapter
 from oobleck.errors import ArtifactError, OobleckError
 from oobleck.lm.base import BaseLM
+from oobleck.lm.cache import SECRET_KEYS
 from oobleck.modules.module import Module
 from oobleck.modules.predict import ChainOfThought, Predict
 from oobleck.signatures.signature import Signature
@@ -44,7 +46,7 @@ def _predictor_state(predictor: Predict) -> dict[str, Any]:
         "signature": predictor.signature.to_dict(),
         "demos": [to_jsonable(dict(d)) for d in predictor.demos],
         "adapter": adapter_name,
-        "config": to_jsonable({k: v for k, v in predictor.config.items() if k not in ("api_key",)}),
+        "config": to_jsonable({k: v for k, v in predictor.config.items() if str(k).lower() not in SECRET_KEYS}),
         "lm": lm.describe() if isinstance(lm, BaseLM) else None,
     }
 
@@ -66,6 +68,10 @@ def save_program(program: Module, path: str | os.PathLike[str], *, provenance: M
         "provenance": to_jsonable(dict(provenance or {})),
     }
     text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (e.g. from a "\ud800" escape) only survive as JSON escapes
+        text = json.dumps(document, indent=2, ensure_ascii=True, sort_keys=False) + "\n"
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -86,7 +92,10 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if not (target / PROGRAM_FILE).is_file() and any(target.iterdir()):
+        # Replacing the folder deletes what is in it: only ever do that to an artifact.
+        raise ArtifactError(f"{target} is a folder that is not an oobleck artifact; refusing to overwrite it")
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
     os.replace(target, old)
     try:
         os.replace(staging, target)
@@ -114,6 +123,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ArtifactError(f"{file} is not UTF-8 text; it is not an oobleck artifact") from None
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{file} is not valid JSON (truncated or damaged?): {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. a 5000-digit number or absurd nesting
+        raise ArtifactError(f"{file} is not a readable program file: {exc}") from None
     _validate(document, file)
     return document
 
@@ -130,6 +141,8 @@ def _validate(document: Any, file: Path) -> None:
     version = document.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise _fail(file, "schema_version is missing or not an integer")
+    if version < 1:
+        raise _fail(file, f"schema_version {version} is not a valid version")
     if version > SCHEMA_VERSION:
         raise _fail(file, f"schema_version {version} is newer than this oobleck ({__version__}) reads ({SCHEMA_VERSION}); upgrade oobleck")
     program = document.get("program")
@@ -139,7 +152,8 @@ def _validate(document: Any, file: Path) -> None:
         where = f"predictor {name!r}"
         if not isinstance(state, dict):
             raise _fail(file, f"{where} must be an object")
-        if state.get("kind") not in _KINDS:
+        kind = state.get("kind")
+        if not isinstance(kind, str) or kind not in _KINDS:
             raise _fail(file, f"{where} has unknown kind {state.get('kind')!r}; known: {sorted(_KINDS)}")
         signature = state.get("signature")
         if not isinstance(signature, dict) or not isinstance(signature.get("fields"), list):
@@ -152,12 +166,15 @@ def _validate(document: Any, file: Path) -> None:
         demos = state.get("demos", [])
         if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
             raise _fail(file, f"{where}: demos must be a list of objects")
-        if state.get("adapter") is not None and not isinstance(state.get("adapter"), str):
+        adapter = state.get("adapter")
+        if adapter is not None and not isinstance(adapter, str):
             raise _fail(file, f"{where}: adapter must be a name")
         if not isinstance(state.get("config", {}), dict):
             raise _fail(file, f"{where}: config must be an object")
         if state.get("lm") is not None and not isinstance(state.get("lm"), dict):
             raise _fail(file, f"{where}: lm must be an object")
+    if not isinstance(document.get("provenance", {}), dict):
+        raise _fail(file, "provenance must be an object")
 
 
 def _signature(state: dict[str, Any], name: str, file: Path) -> type[Signature]:
@@ -167,11 +184,23 @@ def _signature(state: dict[str, Any], name: str, file: Path) -> type[Signature]:
         raise _fail(file, f"predictor {name!r} has an invalid signature: {exc}") from None
 
 
+def _adapter(state: dict[str, Any], name: str, file: Path) -> str | None:
+    """The saved adapter name, checked now so a bad one fails at load rather than at the first call."""
+    adapter = state.get("adapter")
+    if adapter:
+        try:
+            get_adapter(adapter)
+        except OobleckError:
+            raise _fail(file, f"predictor {name!r} names unknown adapter {adapter!r}") from None
+    return adapter or None
+
+
 def _build_predictor(state: dict[str, Any], name: str, file: Path) -> Predict:
     signature = _signature(state, name, file)
     if not signature.input_fields or not signature.output_fields:
         raise _fail(file, f"predictor {name!r} needs at least one input and one output field")
-    predictor = Predict(signature, adapter=state.get("adapter"), demos=state.get("demos", []), **state.get("config", {}))
+    predictor = Predict(signature, adapter=_adapter(state, name, file), demos=state.get("demos", []))
+    predictor.config = dict(state.get("config", {}))  # set after construction: a key such as "signature" is just a setting
     if state["kind"] == "ChainOfThought":
         predictor.__class__ = ChainOfThought  # the stored signature already holds the reasoning field
     return predictor
@@ -203,9 +232,17 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
         own = dict(program.named_predictors())
         missing, extra = sorted(set(saved) - set(own)), sorted(set(own) - set(saved))
         if missing or extra:
+            differences = []
+            if missing:
+                differences.append(f"saved predictor(s) {missing} are not in the program")
+            if extra:
+                differences.append(f"program predictor(s) {extra} are not in the file")
             raise ArtifactError(
-                f"{file} does not fit {type(program).__name__}: saved predictors {sorted(saved)}, program predictors {sorted(own)}"
+                f"{file} does not fit {type(program).__name__}: {'; '.join(differences)} "
+                f"(saved {sorted(saved)}, program {sorted(own)})"
             )
+        # Check every predictor before changing any, so a bad file leaves the program as it was.
+        planned = []
         for name, state in saved.items():
             predictor = own[name]
             signature = _signature(state, name, file)
@@ -214,10 +251,12 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
                     f"{file}: predictor {name!r} was saved with fields {list(signature.fields)} "
                     f"but the program's has {list(predictor.signature.fields)}"
                 )
-            predictor.signature = predictor.signature.with_instructions(signature.instructions)
-            predictor.demos = [dict(d) for d in state.get("demos", [])]
-            if state.get("adapter") and predictor.adapter is None:
-                predictor.adapter = state["adapter"]
+            adapter = _adapter(state, name, file) if predictor.adapter is None else predictor.adapter
+            planned.append((predictor, signature.instructions, state.get("demos", []), adapter))
+        for predictor, instructions, demos, adapter in planned:
+            predictor.signature = predictor.signature.with_instructions(instructions)
+            predictor.demos = [dict(d) for d in demos]
+            predictor.adapter = adapter
     if lm is not None:
         from oobleck.lm.lm import LM
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -104,7 +105,10 @@ def _short(text: str, width: int = 60) -> str:
 def _as_score(value: Any) -> float:
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, (int, float)) and not math.isnan(float(value)):
+    if isinstance(value, numbers.Real) and not math.isnan(float(value)):  # numbers.Real: numpy scalars too
+        if not 0.0 <= float(value) <= 1.0:
+            # Scores are fractions; a 0-100 metric would otherwise report 5000%.
+            raise MetricError(f"the metric returned {value!r}; scores must lie in [0, 1]")
         return float(value)
     if hasattr(value, "score"):  # metrics that return feedback objects carry a score
         return _as_score(value.score)

@@ -194,11 +194,13 @@ class BaseLM(ABC):
             return self.retry.delay(attempt, self._rng)
 
     def _give_up(self, exc: BaseException, attempts: int) -> OobleckError:
+        tried = f" (after {attempts} attempts)" if attempts > 1 else ""
         if isinstance(exc, OobleckError):
-            if attempts > 1 and isinstance(exc, LMError):
-                exc.args = (f"{exc.args[0] if exc.args else exc} (after {attempts} attempts)",)
+            if tried and isinstance(exc, LMError):
+                exc.args = (f"{exc.args[0] if exc.args else exc}{tried}",)
             return exc
-        return LMError(f"{self.model}: {type(exc).__name__}: {exc}")
+        # A retried timeout must say it was retried, as the LMError subclasses above do.
+        return LMError(f"{self.model}: {type(exc).__name__}: {exc}{tried}")
 
     def _with_retries(self, call: Callable[[], T]) -> T:
         attempt = 0
@@ -207,7 +209,10 @@ class BaseLM(ABC):
                 return call()
             except Exception as exc:  # noqa: BLE001 - classified below
                 if not _is_retryable(exc) or attempt >= self.retry.retries:
-                    raise self._give_up(exc, attempt + 1) from exc
+                    error = self._give_up(exc, attempt + 1)
+                    if error is exc:  # ``raise exc from exc`` would hide the backend's own cause
+                        raise
+                    raise error from exc
                 wait = self._delay(attempt)
                 logger.info("%s: %s; retrying in %.2fs (attempt %d/%d)", self.model, exc, wait, attempt + 1, self.retry.retries)
                 time.sleep(wait)
@@ -220,7 +225,10 @@ class BaseLM(ABC):
                 return await call()
             except Exception as exc:  # noqa: BLE001 - classified below
                 if not _is_retryable(exc) or attempt >= self.retry.retries:
-                    raise self._give_up(exc, attempt + 1) from exc
+                    error = self._give_up(exc, attempt + 1)
+                    if error is exc:  # ``raise exc from exc`` would hide the backend's own cause
+                        raise
+                    raise error from exc
                 wait = self._delay(attempt)
                 logger.info("%s: %s; retrying in %.2fs (attempt %d/%d)", self.model, exc, wait, attempt + 1, self.retry.retries)
                 await asyncio.sleep(wait)

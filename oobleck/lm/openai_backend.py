@@ -7,8 +7,11 @@ single retry policy (with jitter and usage accounting) applies to every backend 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +43,9 @@ class OpenAICompatibleLM(LM):
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if self.base_url else None)
         self.timeout = timeout
         self._client: Any = None
-        self._async_client: Any = None
+        # One async client per event loop: its pooled connections belong to the loop that opened
+        # them, so reusing it under a later ``asyncio.run`` fails with "Event loop is closed".
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def cache_identity(self) -> dict[str, Any]:
@@ -68,12 +73,15 @@ class OpenAICompatibleLM(LM):
             return self._client
 
     def async_client(self) -> Any:
+        """The async client for the running event loop."""
+        loop = asyncio.get_running_loop()
         with self._lock:
-            if self._async_client is None:
+            client = self._async_clients.get(loop)
+            if client is None:
                 import openai
 
-                self._async_client = openai.AsyncOpenAI(**self._client_kwargs())
-            return self._async_client
+                client = self._async_clients[loop] = openai.AsyncOpenAI(**self._client_kwargs())
+            return client
 
     def _request(self, messages: list[Message], settings: dict[str, Any]) -> dict[str, Any]:
         request = {"model": self.model, "messages": messages, **settings}
@@ -84,7 +92,7 @@ class OpenAICompatibleLM(LM):
 
         try:
             response = self.client().chat.completions.create(**self._request(messages, settings))
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, json.JSONDecodeError) as exc:
             raise self._translate(exc) from exc
         return self._completions(response)
 
@@ -93,7 +101,7 @@ class OpenAICompatibleLM(LM):
 
         try:
             response = await self.async_client().chat.completions.create(**self._request(messages, settings))
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, json.JSONDecodeError) as exc:
             raise self._translate(exc) from exc
         return self._completions(response)
 
@@ -112,8 +120,10 @@ class OpenAICompatibleLM(LM):
             body = str(getattr(exc, "message", exc))[:300]
             retryable = status in _RETRYABLE_STATUS or status >= 500
             return LMResponseError(f"openai/{self.model} at {self._where()} answered HTTP {status}: {body}", status=status, retryable=retryable)
-        if isinstance(exc, openai.APIResponseValidationError):
-            return LMResponseError(f"openai/{self.model} at {self._where()} sent a malformed response body", retryable=True)
+        # The SDK lets a body that is not JSON (truncated, a proxy's error page) escape as a bare
+        # JSONDecodeError; like a 5xx it is usually transient, so it is retried.
+        if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError)):
+            return LMResponseError(f"openai/{self.model} at {self._where()} sent a malformed response body: {exc}", retryable=True)
         return LMResponseError(f"openai/{self.model} at {self._where()}: {type(exc).__name__}: {exc}", retryable=False)
 
     def _completions(self, response: Any) -> list[Completion]:
@@ -130,5 +140,6 @@ class OpenAICompatibleLM(LM):
             if not isinstance(content, str):
                 raise LMResponseError(f"openai/{self.model} at {self._where()} sent a choice without text content", retryable=True)
             texts.append(content)
-        share = completion // len(texts)
-        return [Completion(t, prompt, share) for t in texts]
+        # Usage is per response; split it over the choices so the sum stays exact.
+        share, extra = divmod(completion, len(texts))
+        return [Completion(t, prompt, share + (1 if i < extra else 0)) for i, t in enumerate(texts)]

@@ -103,21 +103,13 @@ class Module:
         for p in self.predictors():
             if isinstance(p.lm, BaseLM):
                 memo[id(p.lm)] = p.lm
-        try:
-            return copy.deepcopy(self, memo)
-        except Exception as exc:  # noqa: BLE001 - fall back to a copy that still separates predictors
-            logger.debug("deepcopy of %s failed (%s); copying predictors only", type(self).__name__, exc)
-            return self._copy_predictors_only()
+        return _copy_modules_in(self, memo)
 
-    def _copy_predictors_only(self) -> Module:
+    def _copy_predictors_only(self, memo: dict[int, Any]) -> Module:
         clone = copy.copy(self)
+        memo[id(self)] = clone
         for key, value in vars(self).items():
-            if isinstance(value, Module):
-                setattr(clone, key, value.deepcopy())
-            elif isinstance(value, list):
-                setattr(clone, key, [v.deepcopy() if isinstance(v, Module) else v for v in value])
-            elif isinstance(value, dict):
-                setattr(clone, key, {k: v.deepcopy() if isinstance(v, Module) else v for k, v in value.items()})
+            setattr(clone, key, _copy_modules_in(value, memo))
         return clone
 
     def reset_copy(self) -> Module:
@@ -139,3 +131,29 @@ class Module:
         inner = ", ".join(f"{n}={p.signature.signature!r}" for n, p in self.named_predictors())
         return f"{type(self).__name__}({inner})"
 
+
+def _copy_modules_in(value: Any, memo: dict[int, Any]) -> Any:
+    """Copy the modules inside ``value`` (in the containers ``named_predictors`` walks).
+
+    A module that ``copy.deepcopy`` cannot copy (it holds a lock, a client) is copied
+    attribute by attribute instead, so its predictors are still separated; ``memo`` keeps
+    shared objects (LMs, one predictor under two names) shared in the copy.
+    """
+    if id(value) in memo:
+        return memo[id(value)]
+    if isinstance(value, Module):
+        trial = dict(memo)  # a failed deepcopy may leave half-built copies in its memo
+        try:
+            result = copy.deepcopy(value, trial)
+        except Exception as exc:  # noqa: BLE001 - fall back to a copy that still separates predictors
+            logger.debug("deepcopy of %s failed (%s); copying predictors only", type(value).__name__, exc)
+            return value._copy_predictors_only(memo)
+        memo.update(trial)
+        return result
+    if isinstance(value, list):
+        return [_copy_modules_in(v, memo) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy_modules_in(v, memo) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy_modules_in(v, memo) for k, v in value.items()}
+    return value

@@ -86,7 +86,8 @@ class Predict(Module):
     # -- calls -------------------------------------------------------------------------------
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], BaseLM]:
-        options = {k: kwargs.pop(k) for k in _CALL_OPTIONS if k in kwargs}
+        # An input field may be named like a call option ("config -> summary"); the field wins.
+        options = {k: kwargs.pop(k) for k in _CALL_OPTIONS if k in kwargs and k not in self.signature.input_fields}
         lm = self.resolve_lm(options.get("lm"))
         demos = options.get("demos", self.demos)
         settings = {**self.config, **options.get("config", {})}

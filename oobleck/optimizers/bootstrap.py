@@ -92,15 +92,19 @@ def bootstrap_candidate(
     bootstrapped: dict[str, list[dict[str, Any]]] = {n: [] for n in names.values()}
     used: set[int] = set()
 
-    def run(example: Example) -> list[TraceEntry] | None:
+    def run(example: Example) -> list[tuple[str | None, TraceEntry]] | None:
+        runner = _without_own_demo(teacher, example)
+        runner_names = teacher_names if runner is teacher else {id(p): n for n, p in runner.named_predictors()}
         with trace() as entries:
             try:
-                prediction = teacher(**example.inputs())
+                prediction = runner(**example.inputs())
             except Exception as exc:  # noqa: BLE001 - a failed teacher run just yields no demo
                 logger.debug("teacher failed on an example: %s", exc)
                 return None
         try:
-            return list(entries) if _passes(metric, example, prediction, entries, metric_threshold) else None
+            if not _passes(metric, example, prediction, entries, metric_threshold):
+                return None
+            return [(runner_names.get(id(entry.predictor)), entry) for entry in entries]
         except OobleckError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -129,8 +133,7 @@ def bootstrap_candidate(
                 if entries is None or full():
                     continue
                 used.add(i)
-                for entry in entries:
-                    name = teacher_names.get(id(entry.predictor))
+                for name, entry in entries:
                     if name is not None and len(bootstrapped[name]) < max_demos:
                         bootstrapped[name].append(demo_record({**entry.inputs, **entry.outputs}))
         if full():
@@ -142,6 +145,17 @@ def bootstrap_candidate(
     found = {n: len(v) for n, v in bootstrapped.items()}
     logger.info("bootstrapped demos per predictor: %s", found)
     return Candidate(demos=demos, source=source)
+
+
+def _without_own_demo(teacher: Module, example: Example) -> Module:
+    """The teacher, or a copy of it whose demos leave out ``example`` (no demo answers itself)."""
+    record = demo_record(example)
+    if not any(demo == record for p in teacher.predictors() for demo in p.demos):
+        return teacher
+    clone = teacher.deepcopy()
+    for predictor in clone.predictors():
+        predictor.demos = [d for d in predictor.demos if d != record]
+    return clone
 
 
 class BootstrapFewShot(Optimizer):

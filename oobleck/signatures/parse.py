@@ -18,30 +18,59 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def _split_top_level(text: str, offset: int, source: str) -> list[tuple[str, int]]:
     """Split on commas outside brackets and quotes; keep each part's offset into ``source``."""
     parts: list[tuple[str, int]] = []
-    depth = 0
+    opened: list[int] = []  # positions of the '[' not yet closed, so an error can point at one
     quote: str | None = None
+    quote_at = 0
+    escaped = False
     start = 0
     for i, char in enumerate(text):
         if quote:
-            if char == quote and text[i - 1] != "\\":
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
                 quote = None
         elif char in "'\"":
-            quote = char
+            quote, quote_at = char, i
         elif char == "[":
-            depth += 1
+            opened.append(i)
         elif char == "]":
-            depth -= 1
-            if depth < 0:
+            if not opened:
                 raise SignatureError("unbalanced ']'", source=source, position=offset + i)
-        elif char == "," and depth == 0:
+            opened.pop()
+        elif char == "," and not opened:
             parts.append((text[start:i], offset + start))
             start = i + 1
     if quote:
-        raise SignatureError("unterminated quote", source=source, position=offset + len(text))
-    if depth:
-        raise SignatureError("unbalanced '['", source=source, position=offset + len(text))
+        raise SignatureError("unterminated quote", source=source, position=offset + quote_at)
+    if opened:
+        raise SignatureError("unbalanced '[' (never closed)", source=source, position=offset + opened[-1])
     parts.append((text[start:], offset + start))
     return parts
+
+
+def _arrows(source: str) -> list[int]:
+    """Positions of ``->`` outside quoted strings (a Literal value may contain an arrow)."""
+    found: list[int] = []
+    quote: str | None = None
+    quote_at = 0
+    escaped = False
+    for i, char in enumerate(source):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "'\"":
+            quote, quote_at = char, i
+        elif source.startswith("->", i):
+            found.append(i)
+    if quote:
+        raise SignatureError("unterminated quote", source=source, position=quote_at)
+    return found
 
 
 def _parse_side(text: str, offset: int, source: str, kind: str) -> list[tuple[Field, int]]:
@@ -78,7 +107,7 @@ def parse_signature_string(source: str) -> tuple[list[Field], list[Field]]:
     """Return (inputs, outputs); a malformed string raises ``SignatureError`` with a caret."""
     if not isinstance(source, str):
         raise SignatureError(f"a signature string must be str, not {type(source).__name__}")
-    arrows = [m.start() for m in re.finditer("->", source)]
+    arrows = _arrows(source)
     if not arrows:
         raise SignatureError("a signature needs '->' between inputs and outputs", source=source, position=len(source))
     if len(arrows) > 1:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 import inspect
+import keyword
+import sys
 import typing
 from typing import Any, Literal
 
@@ -26,6 +28,20 @@ def default_instructions(inputs: list[str], outputs: list[str]) -> str:
     ins = ", ".join(f"`{n}`" for n in inputs)
     outs = ", ".join(f"`{n}`" for n in outputs)
     return f"Given the fields {ins}, produce the fields {outs}."
+
+
+class _Views:
+    """Read-side tables of one signature class; see ``SignatureMeta._views``."""
+
+    __slots__ = ("fields", "inputs", "instructions", "instructions_source", "outputs", "source")
+
+    def __init__(self, fields: dict[str, Field], instructions: str | None):
+        self.source = fields
+        self.instructions_source = instructions
+        self.inputs = {n: f for n, f in fields.items() if f.is_input}
+        self.outputs = {n: f for n, f in fields.items() if not f.is_input}
+        self.fields = {f.name: f for f in [*self.inputs.values(), *self.outputs.values()]}
+        self.instructions = instructions if instructions else default_instructions(list(self.inputs), list(self.outputs))
 
 
 class SignatureMeta(type):
@@ -46,7 +62,9 @@ class SignatureMeta(type):
         if preset is not None:
             cls._fields = dict(preset)
         else:
-            cls._fields = {**inherited, **mcs._collect(cls, namespace, specs)}
+            # The class statement's own frame, so string annotations may name local classes.
+            caller = sys._getframe(1).f_locals if namespace.get("__annotations__") else {}
+            cls._fields = {**inherited, **mcs._collect(cls, namespace, specs, caller)}
         doc = namespace.get("__doc__")
         if "_instructions" in namespace:
             cls._instructions = namespace["_instructions"]
@@ -56,10 +74,10 @@ class SignatureMeta(type):
         return cls
 
     @staticmethod
-    def _collect(cls: type, namespace: dict[str, Any], specs: dict[str, FieldSpec]) -> dict[str, Field]:
+    def _collect(cls: type, namespace: dict[str, Any], specs: dict[str, FieldSpec], caller: dict[str, Any]) -> dict[str, Field]:
         own_annotations: dict[str, Any] = namespace.get("__annotations__", {})
         try:
-            hints = typing.get_type_hints(cls) if own_annotations else {}
+            hints = typing.get_type_hints(cls, localns={**caller, **vars(cls)}) if own_annotations else {}
         except Exception:  # unresolvable forward refs: fall back to our own safe parser below
             hints = {}
         fields: dict[str, Field] = {}
@@ -89,7 +107,7 @@ class SignatureMeta(type):
         if cls.__name__ == "Signature" and not cls._fields:
             return
         for name in cls._fields:
-            if not name.isidentifier():
+            if not _is_field_name(name):
                 raise SignatureError(f"field name {name!r} is not a valid identifier")
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -100,26 +118,36 @@ class SignatureMeta(type):
 
     # -- read side ---------------------------------------------------------------------------
 
+    def _views(cls) -> _Views:
+        """The field tables derived from ``_fields``, computed once per class.
+
+        Signature classes never change (derivations make new classes), so predictors can read
+        these on every call for the cost of a dict copy. The cache lives in the class's own
+        ``__dict__`` (never inherited) and is rebuilt if ``_fields`` or ``_instructions`` is
+        ever rebound.
+        """
+        views = cls.__dict__.get("_oobleck_views")
+        if views is None or views.source is not cls._fields or views.instructions_source is not cls._instructions:
+            views = _Views(cls._fields, cls._instructions)
+            type.__setattr__(cls, "_oobleck_views", views)
+        return views
+
     @property
     def fields(cls) -> dict[str, Field]:
         """All fields, inputs first, each group in declaration order."""
-        ordered = [f for f in cls._fields.values() if f.is_input]
-        ordered += [f for f in cls._fields.values() if not f.is_input]
-        return {f.name: f for f in ordered}
+        return dict(cls._views().fields)
 
     @property
     def input_fields(cls) -> dict[str, Field]:
-        return {n: f for n, f in cls._fields.items() if f.is_input}
+        return dict(cls._views().inputs)
 
     @property
     def output_fields(cls) -> dict[str, Field]:
-        return {n: f for n, f in cls._fields.items() if not f.is_input}
+        return dict(cls._views().outputs)
 
     @property
     def instructions(cls) -> str:
-        if cls._instructions:
-            return cls._instructions
-        return default_instructions(list(cls.input_fields), list(cls.output_fields))
+        return cls._views().instructions
 
     @property
     def has_custom_instructions(cls) -> bool:
@@ -190,19 +218,28 @@ class SignatureMeta(type):
                 entry["choices"] = choices
             if is_pydantic_model(f.annotation):
                 entry["json_schema"] = f.annotation.model_json_schema()
+            nested = _nested_classes(f.annotation)
+            if nested:
+                entry["classes"] = nested
             fields.append(entry)
         return {"name": cls.__name__, "instructions": cls.instructions, "fields": fields}
 
     def from_dict(cls, data: dict[str, Any]) -> type[Signature]:
-        """Rebuild a signature from ``to_dict`` output; unknown class types degrade safely."""
+        """Rebuild a signature from ``to_dict`` output; unknown class types degrade safely.
+
+        An enum becomes a ``Literal`` of its values and a pydantic model ``dict[str, Any]``,
+        also inside ``list[...]`` and the like, so an artifact loads without the user's classes.
+        """
         try:
+            if not isinstance(data, dict) or not isinstance(data["fields"], list):
+                raise SignatureError("malformed signature description: 'fields' must be a list")
             fields: dict[str, Field] = {}
             for entry in data["fields"]:
                 text = entry["type"]
                 try:
-                    annotation = parse_type(text)
+                    annotation = parse_type(text, names=_degraded_classes(entry.get("classes")))
                 except SignatureError:
-                    if entry.get("choices"):
+                    if _is_text_list(entry.get("choices")) and entry["choices"]:
                         annotation = Literal[tuple(entry["choices"])]
                     elif entry.get("json_schema") is not None:
                         annotation = dict[str, Any]
@@ -212,15 +249,66 @@ class SignatureMeta(type):
                 if kind not in ("input", "output"):
                     raise SignatureError(f"field {entry['name']!r} has unknown kind {kind!r}")
                 name = entry["name"]
-                if not isinstance(name, str) or not name.isidentifier():
+                if not _is_field_name(name):
                     raise SignatureError(f"field name {name!r} is not a valid identifier")
-                fields[name] = Field(name, kind, annotation, entry.get("desc", ""), entry.get("prefix"))
+                if name in fields:
+                    raise SignatureError(f"field {name!r} appears twice")
+                desc, prefix = entry.get("desc", ""), entry.get("prefix")
+                if not isinstance(desc, str) or not (prefix is None or isinstance(prefix, str)):
+                    raise SignatureError(f"field {name!r}: desc and prefix must be text")
+                fields[name] = Field(name, kind, annotation, desc, prefix)
+            instructions = data.get("instructions")
+            if instructions is not None and not isinstance(instructions, str):
+                raise SignatureError("instructions must be text")
             name = str(data.get("name") or "Signature")
             if not name.isidentifier():
                 name = "Signature"
-            return SignatureMeta(name, (Signature,), {"__oobleck_fields__": fields, "_instructions": data.get("instructions")})
+            return SignatureMeta(name, (Signature,), {"__oobleck_fields__": fields, "_instructions": instructions})
         except (KeyError, TypeError) as exc:
             raise SignatureError(f"malformed signature description: missing or bad {exc}") from None
+
+
+def _is_field_name(name: Any) -> bool:
+    """Identifiers that are not keywords: what a string signature accepts and ``field=...`` can pass."""
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _nested_classes(annotation: Any) -> dict[str, dict[str, Any]]:
+    """Enums and pydantic models used inside a generic type (``list[Item]``), by name."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(tp: Any) -> None:
+        if typing.get_origin(tp) is Literal:
+            return
+        for arg in typing.get_args(tp):
+            if isinstance(arg, type) and issubclass(arg, enum.Enum):
+                found[arg.__name__] = {"choices": choices_of(arg)}
+            elif is_pydantic_model(arg):
+                found[arg.__name__] = {"json_schema": arg.model_json_schema()}
+            walk(arg)
+
+    walk(annotation)
+    return found
+
+
+def _degraded_classes(classes: Any) -> dict[str, Any]:
+    """Safe stand-ins for the classes ``_nested_classes`` recorded: Literal or a plain dict."""
+    if not isinstance(classes, dict):
+        return {}
+    names: dict[str, Any] = {}
+    for name, info in classes.items():
+        if not isinstance(info, dict):
+            continue
+        choices = info.get("choices")
+        if _is_text_list(choices) and choices:
+            names[name] = Literal[tuple(choices)]
+        elif info.get("json_schema") is not None:
+            names[name] = dict[str, Any]
+    return names
 
 
 class Signature(metaclass=SignatureMeta):

@@ -12,6 +12,7 @@ import enum
 import json
 import re
 import types
+from collections.abc import Mapping
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from oobleck.errors import ParseError, SignatureError
@@ -24,20 +25,43 @@ _TOKEN = re.compile(
     r"""\s*(?:
         (?P<name>[A-Za-z_][A-Za-z0-9_]*)
       | (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
-      | (?P<number>-?\d+(?:\.\d+)?)
+      | (?P<number>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
       | (?P<punct>[\[\],|])
     )""",
     re.VERBOSE,
 )
 
 
+_ESCAPE = re.compile(r"\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(.))", re.DOTALL)
+_SIMPLE_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+
+
+def _unescape(body: str) -> str:
+    """Decode the escapes ``type_to_str`` and hand-written strings use, without ``eval``."""
+
+    def replace(match: re.Match[str]) -> str:
+        digits = match.group(1) or match.group(2) or match.group(3)
+        if digits:
+            code = int(digits, 16)
+            if code > 0x10FFFF:
+                raise ValueError(f"escape \\{match.group(0)[1]}{digits} is not a character")
+            return chr(code)
+        char = match.group(4)
+        if char in _SIMPLE_ESCAPES:
+            return _SIMPLE_ESCAPES[char]
+        raise ValueError(f"unknown escape \\{char}")
+
+    return _ESCAPE.sub(replace, body)
+
+
 class _TypeParser:
     """Recursive descent over the small type grammar of signature strings."""
 
-    def __init__(self, text: str, source: str | None = None, offset: int = 0):
+    def __init__(self, text: str, source: str | None = None, offset: int = 0, names: Mapping[str, Any] | None = None):
         self.text = text
         self.source = source if source is not None else text
         self.offset = offset
+        self.names = names or {}
         self.pos = 0
 
     def error(self, message: str, pos: int | None = None) -> SignatureError:
@@ -92,6 +116,8 @@ class _TypeParser:
             return type(None)
         if value in _SIMPLE:
             return _SIMPLE[value]
+        if value in self.names and value not in _GENERIC:
+            return self.names[value]
         if value not in _GENERIC:
             known = ", ".join([*_SIMPLE, "list[T]", "dict[str, T]", "Optional[T]", "Literal[...]"])
             raise self.error(f"unknown type {value!r}; known types: {known}", start)
@@ -132,19 +158,33 @@ class _TypeParser:
     def literal_value(self) -> Any:
         kind, value, start = self.next()
         if kind == "string":
-            return json.loads('"' + value[1:-1].replace('\\"', '"').replace("\\'", "'") + '"')
+            try:
+                return _unescape(value[1:-1])
+            except ValueError as exc:
+                raise self.error(f"bad string in Literal: {exc}", start) from None
         if kind == "number":
-            return float(value) if "." in value else int(value)
+            try:
+                return float(value) if "." in value or "e" in value.lower() else int(value)
+            except ValueError as exc:  # e.g. an integer with more digits than Python converts
+                raise self.error(f"bad number in Literal: {exc}", start) from None
         if kind == "name" and value in ("True", "False", "None"):
             return {"True": True, "False": False, "None": None}[value]
         raise self.error(f"Literal values must be strings, numbers, True, False or None, not {value!r}", start)
 
 
-def parse_type(text: str, *, source: str | None = None, offset: int = 0) -> Any:
-    """Parse a type annotation written as text; ``SignatureError`` names the bad position."""
+def parse_type(text: str, *, source: str | None = None, offset: int = 0, names: Mapping[str, Any] | None = None) -> Any:
+    """Parse a type annotation written as text; ``SignatureError`` names the bad position.
+
+    ``names`` maps extra type names (e.g. classes an artifact described) to the types to use.
+    """
+    if not isinstance(text, str):
+        raise SignatureError(f"a type must be given as text, not {type(text).__name__}")
     if not text.strip():
         raise SignatureError("empty type", source=source or text, position=offset)
-    return _TypeParser(text, source, offset).parse()
+    try:
+        return _TypeParser(text, source, offset, names).parse()
+    except RecursionError:
+        raise SignatureError("type is nested too deeply", source=source if source is not None else text, position=offset) from None
 
 
 def _is_union(tp: Any) -> bool:
@@ -210,6 +250,8 @@ def _loads(text: str, what: str) -> Any:
         return json.loads(_strip_fence(text))
     except json.JSONDecodeError as exc:
         raise ValueError(f"expected {what} as JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # huge integers, absurdly deep nesting
+        raise ValueError(f"expected {what} as JSON: {exc}") from None
 
 
 _TRUE = {"true", "yes", "y", "1", "correct", "t"}

@@ -52,6 +52,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     resume: bool = False
     eval_examples: int = 100
+    init_from: Path | None = None  # warm start: continue from a trained model folder
 
 
 def vocabulary() -> dict[str, int]:
@@ -241,7 +242,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     tokens = sum(len(d[0]) for d in data)
     logger.info("%d samples, %d tokens, %d steps", len(data), tokens, len(plan))
     tokenizer = build_tokenizer()
-    model = LlamaForCausalLM(model_config(len(tokenizer)))
+    if config.init_from is not None:
+        model = LlamaForCausalLM.from_pretrained(config.init_from)
+        logger.info("warm start from %s", config.init_from)
+    else:
+        model = LlamaForCausalLM(model_config(len(tokenizer)))
     logger.info("%.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -259,6 +264,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     seen = 0
+    losses: list[float] = []
     with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"), TimeRemainingColumn()) as bar:
         task = bar.add_task("train", total=len(plan), completed=start_step, loss=float("nan"))
         for step in range(start_step, len(plan)):
@@ -271,7 +277,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             optimizer.step()
             seen += int(attention.sum())
-            bar.update(task, advance=1, loss=loss.item())
+            losses.append(loss.item())
+            bar.update(task, advance=1, loss=losses[-1])
+            if step % 100 == 0:
+                logger.info("step %d/%d loss %.4f", step, len(plan), losses[-1])
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < len(plan):
                 _save_checkpoint(ckpt_dir, model, optimizer, step + 1)
     elapsed = time.time() - started
@@ -279,8 +288,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     config.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(config.out)
     tokenizer.save_pretrained(config.out)
-    table = evaluate(config.out, n=config.eval_examples, seed=config.seed + 1000)
-    report = {"tokens": tokens, "steps": len(plan), "seconds": round(elapsed, 1), "tokens_per_second": round(seen / max(elapsed, 1e-9)), "accuracy": table}
+    table = evaluate(config.out, n=config.eval_examples, seed=config.seed + 1000) if config.eval_examples else {}
+    window = max(1, min(20, len(losses) // 4))
+    report = {
+        "tokens": tokens, "steps": len(plan), "seconds": round(elapsed, 1), "tokens_per_second": round(seen / max(elapsed, 1e-9)),
+        "loss_first": sum(losses[:window]) / window if losses else None,
+        "loss_last": sum(losses[-window:]) / window if losses else None,
+        "accuracy": table,
+    }  # fmt: skip
     (config.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     if ckpt_dir.exists():
         for f in ckpt_dir.iterdir():
@@ -349,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the trained model")
     parser.add_argument("--tokens", type=int, default=TrainConfig.tokens, help="training token budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
+    parser.add_argument("--init-from", type=Path, default=None, help="continue from this trained model folder (a second stage)")
     parser.add_argument("--eval-examples", type=int, default=100, help="held-out prompts per cell of the table")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--eval-only", action="store_true", help="only print the accuracy table of --out")
@@ -357,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval_only:
         print(format_table(evaluate(args.out, n=args.eval_examples)))  # noqa: T201 - CLI output
         return
-    config = TrainConfig(out=args.out, tokens=args.tokens, seed=args.seed, resume=args.resume, eval_examples=args.eval_examples)
+    config = TrainConfig(out=args.out, tokens=args.tokens, seed=args.seed, resume=args.resume, eval_examples=args.eval_examples,
+                         batch_size=args.batch_size, lr=args.lr, init_from=args.init_from)  # fmt: skip
     report = train(config)
     print(json.dumps({k: v for k, v in report.items() if k != "accuracy"}))  # noqa: T201
     print(format_table(report["accuracy"]))  # noqa: T201

@@ -1,0 +1,239 @@
+"""Evaluation throughput against a 50 ms OpenAI-compatible server: oobleck vs DSPy vs the latency limit.
+
+What it measures: requests per second of a parallel evaluation, ``Predict("question -> answer")``
+over a dev set, against a real HTTP server on loopback that answers every request after a fixed
+latency (50 ms). With ``c`` threads and nothing else in the way, the ceiling is ``c / 0.05``
+requests per second; the benchmark reports each framework's rate and its fraction of that limit
+at concurrency 1, 8, 32 and 64.
+
+* oobleck: ``ob.Evaluate(num_threads=c, display_progress=False)`` with
+  ``ob.LM("openai/test", base_url=..., cache=False)`` (the openai SDK underneath).
+* DSPy: ``dspy.Evaluate(num_threads=c, display_progress=False)`` with
+  ``dspy.LM("openai/test", api_base=..., api_key="x", cache=False)``.
+
+The server is oobleck's loopback test server (``oobleck.testing.server``: asyncio, latency as a
+timer) run in its own process, so it does not compete with the client for the GIL; it is
+started through ``benchmarks/_echo_server.py``, which gives it a responder whose
+``[[ ## answer ## ]]`` replies both frameworks' chat adapters parse. The answer echoes the
+question and the metric checks it, so a score of 1.0 shows every example was answered by
+exactly one parsed request (a failed parse would cost a re-ask or a fallback request, and a
+point of score).
+
+Each dev set is sized to take ~2 s at the limit (``max(100, 40 * c)`` examples); every
+(framework, concurrency) pair gets a short unmeasured warm-up (thread pool, HTTP connections),
+then ``--rounds`` measured runs interleaved with the other framework's; the rate reported is
+the median over rounds of examples / wall time of the ``Evaluate`` call. The client's CPU time
+per request and the cores it kept busy (CPU time / wall time) are recorded too: on a small or
+busy machine, or once the client is GIL-bound (~1 core of Python), that is what caps throughput.
+
+Target: at least 0.9 of the latency limit at every concurrency (oobleck).
+
+    python benchmarks/throughput.py [--concurrency 1 8 32 64] [--rounds 3] [--latency 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import console, load_note, median, verdict, write_result
+from rich.table import Table
+
+TARGET_FRACTION = 0.9
+SERVER = Path(__file__).resolve().parent / "_echo_server.py"
+
+
+# -- the server process ----------------------------------------------------------------------
+
+
+class ServerProcess:
+    """``_echo_server.py`` in a child process; ``url`` is its base URL once started."""
+
+    def __init__(self, latency: float):
+        self.latency = latency
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> ServerProcess:
+        self.proc = subprocess.Popen([sys.executable, str(SERVER), "--latency", str(self.latency)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout=60)
+        if not line or not line[0].startswith("http"):
+            self.proc.kill()
+            err = self.proc.stderr.read() if self.proc.stderr else ""  # type: ignore[union-attr]
+            raise RuntimeError(f"the test server did not start: {err[-2000:]}")
+        self.url = line[0].strip()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()  # serve_forever stops cleanly on SIGTERM
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- the two frameworks ----------------------------------------------------------------------
+
+
+def questions(n: int) -> list[str]:
+    return [f"What is item number {i}?" for i in range(n)]
+
+
+def oobleck_runner(url: str) -> Callable[[list[str], int], tuple[float, int]]:
+    """A function (questions, threads) -> (score in [0, 1], errors) running one ob.Evaluate."""
+    import oobleck as ob
+
+    lm = ob.LM("openai/test", base_url=url + "/v1", cache=False)
+    program = ob.Predict("question -> answer", lm=lm)
+
+    def metric(example: Any, prediction: Any, trace: Any = None) -> bool:
+        return prediction.answer == example.answer
+
+    def run(qs: list[str], threads: int) -> tuple[float, int]:
+        devset = [ob.Example(question=q, answer=q).with_inputs("question") for q in qs]
+        result = ob.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False)(program)
+        return result.score, result.errors
+
+    return run
+
+
+def dspy_runner(url: str) -> Callable[[list[str], int], tuple[float, int]]:
+    """The same with dspy.Evaluate; DSPy reports scores in percent, converted to [0, 1]."""
+    import logging
+
+    import dspy
+
+    logging.getLogger("dspy").setLevel(logging.WARNING)  # Evaluate logs "Average Metric" at INFO on every run
+    lm = dspy.LM("openai/test", api_base=url + "/v1", api_key="x", cache=False)
+    program = dspy.Predict("question -> answer")
+    program.set_lm(lm)
+
+    def metric(example: Any, prediction: Any, trace: Any = None) -> bool:
+        return prediction.answer == example.answer
+
+    def run(qs: list[str], threads: int) -> tuple[float, int]:
+        devset = [dspy.Example(question=q, answer=q).with_inputs("question") for q in qs]
+        result = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False, max_errors=len(qs) + 1)(program)
+        errors = sum(1 for _, prediction, _ in result.results if not hasattr(prediction, "answer"))
+        return float(result.score) / 100, errors
+
+    return run
+
+
+def measure(run: Callable[[list[str], int], tuple[float, int]], qs: list[str], threads: int) -> dict[str, float]:
+    cpu, start = time.process_time(), time.perf_counter()
+    score, errors = run(qs, threads)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"rps": len(qs) / wall, "seconds": wall, "client_cpu_us_per_request": cpu / len(qs) * 1e6, "client_cores_busy": cpu / wall,
+            "score": score, "errors": errors}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--seconds", type=float, default=2.0, help="target length of one run at the limit (dev set sizing)")
+    args = parser.parse_args()
+
+    # Offline and quiet: no model-metadata download attempts, no deprecation chatter.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+    rows = []
+    with ServerProcess(args.latency) as server:
+        runners = {"oobleck": oobleck_runner(server.url), "DSPy": dspy_runner(server.url)}
+        names = list(runners)
+        for c in args.concurrency:
+            limit = c / args.latency
+            n = max(100, int(limit * args.seconds))
+            qs = questions(n)
+            samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+            with console.status(f"concurrency {c}: {n} examples x {args.rounds} rounds per framework"):
+                for name in names:  # warm-up: threads, connections, lazy imports
+                    runners[name](questions(min(n, 2 * c)), c)
+                for r in range(args.rounds):
+                    order = names if r % 2 == 0 else names[::-1]
+                    for name in order:
+                        samples[name].append(measure(runners[name], qs, c))
+            row: dict[str, Any] = {"concurrency": c, "examples": n, "limit_rps": limit}
+            for name in names:
+                runs = samples[name]
+                rps = median([s["rps"] for s in runs])
+                row[name] = {
+                    "rps": rps,
+                    "fraction_of_limit": rps / limit,
+                    "client_cpu_us_per_request": median([s["client_cpu_us_per_request"] for s in runs]),
+                    "client_cores_busy": median([s["client_cores_busy"] for s in runs]),
+                    "min_score": min(s["score"] for s in runs),
+                    "errors": sum(int(s["errors"]) for s in runs),
+                    "runs": runs,
+                }
+            row["ratio_oobleck_over_dspy"] = row["oobleck"]["rps"] / row["DSPy"]["rps"]
+            row["target_met"] = row["oobleck"]["fraction_of_limit"] >= TARGET_FRACTION
+            rows.append(row)
+            console.print(
+                f"c={c}: oobleck {row['oobleck']['rps']:.0f} req/s ({row['oobleck']['fraction_of_limit']:.2f} of limit), "
+                f"DSPy {row['DSPy']['rps']:.0f} req/s ({row['DSPy']['fraction_of_limit']:.2f})"
+            )
+    litellm_used = "litellm" in sys.modules  # DSPy 3.4 talks to OpenAI-compatible servers natively unless it falls back to LiteLLM
+
+    table = Table(title=f"Evaluate throughput vs a {args.latency * 1000:.0f} ms server (median of {args.rounds} interleaved runs)")
+    table.add_column("threads", justify="right")
+    table.add_column("examples", justify="right")
+    table.add_column("limit req/s", justify="right")
+    table.add_column("oobleck req/s", justify="right")
+    table.add_column("oobleck / limit", justify="right")
+    table.add_column("DSPy req/s", justify="right")
+    table.add_column("DSPy / limit", justify="right")
+    table.add_column("oobleck / DSPy", justify="right")
+    table.add_column("client CPU µs/req (ob, DSPy)", justify="right")
+    table.add_column("client cores busy (ob, DSPy)", justify="right")
+    table.add_column(f"target ≥ {TARGET_FRACTION}", justify="center")
+    for row in rows:
+        ob_row, ds_row = row["oobleck"], row["DSPy"]
+        table.add_row(
+            str(row["concurrency"]), str(row["examples"]), f"{row['limit_rps']:.0f}",
+            f"{ob_row['rps']:.1f}", f"{ob_row['fraction_of_limit']:.2f}",
+            f"{ds_row['rps']:.1f}", f"{ds_row['fraction_of_limit']:.2f}",
+            f"{row['ratio_oobleck_over_dspy']:.2f}",
+            f"{ob_row['client_cpu_us_per_request']:.0f}, {ds_row['client_cpu_us_per_request']:.0f}",
+            f"{ob_row['client_cores_busy']:.2f}, {ds_row['client_cores_busy']:.2f}",
+            verdict(row["target_met"]),
+        )  # fmt: skip
+    bad = [f"{name} at c={row['concurrency']}" for row in rows for name in names if row[name]["min_score"] < 1.0 or row[name]["errors"]]
+    clean = "every run scored 1.0 with no errors (one parsed request per example)"
+    table.caption = clean if not bad else f"[red]imperfect runs: {', '.join(bad)}[/red]"
+    console.print(table)
+    note = load_note()
+    if note:
+        console.print(f"[dim]{note}[/dim]")
+    path = write_result("throughput", {
+        "target": f"oobleck >= {TARGET_FRACTION} of the latency limit (concurrency / latency) at every concurrency",
+        "latency_s": args.latency,
+        "rounds": args.rounds,
+        "dspy_imported_litellm": litellm_used,
+        "rows": rows,
+        "target_met": all(r["target_met"] for r in rows),
+        "all_runs_clean": not bad,
+    })  # fmt: skip
+    console.print(f"[dim]wrote {path}[/dim]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""End to end through the ``oobleck`` command, in subprocesses, on the bundled demo model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PROGRAM = '''
+import oobleck as ob
+
+class Upper(ob.Signature):
+    word: str = ob.InputField()
+    answer: str = ob.OutputField()
+
+program = ob.Predict(Upper)
+
+def letters_metric(example, prediction, trace=None):
+    return prediction.answer == example.answer
+'''
+
+
+def oobleck(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "oobleck.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from oobleck.tiny.tasks import task_examples
+
+    folder = tmp_path_factory.mktemp("cli")
+    (folder / "program.py").write_text(PROGRAM)
+    rows = task_examples("uppercase", 60, seed=21)
+    for name, part in (("train", rows[:20]), ("dev", rows[20:40]), ("test", rows[40:])):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def compiled(workdir: Path) -> Path:
+    result = oobleck(
+        "compile", "program.py:program", "--train", "train.jsonl", "--dev", "dev.jsonl", "--test", "test.jsonl",
+        "--lm", "hf/oobleck-tiny", "--optimizer", "bootstrap", "--max-demos", "3", "--metric", "program.py:letters_metric",
+        "--out", "upper.oobleck", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "before" in result.stdout and "after" in result.stdout
+    return workdir / "upper.oobleck"
+
+
+def test_compile_writes_an_artifact_with_scores(compiled: Path) -> None:
+    document = json.loads((compiled / "program.json").read_text())
+    scores = document["provenance"]["scores"]
+    assert {"dev_before", "dev_after", "test_before", "test_after"} <= set(scores)
+    assert scores["test_after"] > scores["test_before"]
+    assert document["provenance"]["optimizer"] == "BootstrapFewShot"
+    assert len(document["program"]["predictors"]["self"]["demos"]) == 3
+
+
+def test_run_evaluate_and_inspect(compiled: Path, workdir: Path) -> None:
+    run = oobleck("run", str(compiled), "--input", "word=stone", "--json", cwd=workdir)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"answer": "STONE"}
+    evaluated = oobleck("evaluate", str(compiled), "--data", "test.jsonl", "--json", cwd=workdir)
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads(evaluated.stdout)
+    document = json.loads((compiled / "program.json").read_text())
+    assert summary["n"] == 20 and summary["score"] == pytest.approx(document["provenance"]["scores"]["test_after"])
+    inspected = oobleck("inspect", str(compiled), cwd=workdir)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "BootstrapFewShot" in inspected.stdout and "demos: 3" in inspected.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.oobleck", "--input", "word=x"], "no artifact at missing.oobleck"),
+        (["compile", "program.py:nothing", "--train", "train.jsonl", "--lm", "hf/oobleck-tiny", "--out", "x.oobleck"], "has no 'nothing'"),
+        (["compile", "program.py:program", "--train", "nope.csv", "--lm", "hf/oobleck-tiny", "--out", "x.oobleck"], "does not exist"),
+        (["compile", "program.py:program", "--train", "train.jsonl", "--lm", "bogus/model", "--out", "x.oobleck"], "unknown LM provider"),
+        (["compile", "program.py:program", "--train", "train.jsonl", "--metric", "nope", "--lm", "hf/oobleck-tiny", "--out", "x.oobleck"], "unknown metric"),
+        (["compile", "program.py:program", "--train", "train.jsonl", "--inputs", "text", "--lm", "hf/oobleck-tiny", "--out", "x.oobleck"], "no column"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message_and_no_traceback(workdir: Path, args: list[str], message: str) -> None:
+    result = oobleck(*args, cwd=workdir)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_artifact_is_a_clear_error(workdir: Path) -> None:
+    broken = workdir / "broken.oobleck"
+    broken.mkdir()
+    (broken / "program.json").write_text('{"format": "oobleck.program", "schema_version": 1, "program": {"predic')
+    result = oobleck("inspect", str(broken), cwd=workdir)
+    assert result.returncode == 2
+    assert "not valid JSON" in result.stderr and "Traceback" not in result.stderr
