@@ -19,8 +19,9 @@ demo: $(VENV)/.installed
 	@mkdir -p $(DEMO)
 	$(PY) examples/quickstart.py make-data $(DEMO)
 	$(VENV)/bin/oobleck compile examples/quickstart.py:program --lm hf/oobleck-tiny --optimizer random \
-		--train $(DEMO)/train.jsonl --dev $(DEMO)/dev.jsonl --test $(DEMO)/test.jsonl --out $(DEMO)/reverse.oobleck
-	$(VENV)/bin/oobleck run $(DEMO)/reverse.oobleck --input word=planet
+		--num-candidates 6 --threads 16 --train $(DEMO)/train.jsonl --dev $(DEMO)/dev.jsonl --test $(DEMO)/test.jsonl \
+		--out $(DEMO)/first-letter.oobleck
+	$(VENV)/bin/oobleck run $(DEMO)/first-letter.oobleck --input word=planet
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -34,7 +34,7 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except OobleckError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -42,7 +42,7 @@ def test_bundled_weights_resolve_and_declare_the_compact_adapter(lm: ob.LM) -> N
 
 
 def test_bootstrap_raises_the_dev_score(lm: ob.LM) -> None:
-    train, dev = _split("reverse", seed=11)
+    train, dev = _split("first_letter", seed=11)
     evaluate = ob.Evaluate(devset=dev, metric=ob.metrics.exact_match, num_threads=16, display_progress=False)
     with ob.context(lm=lm):
         program = _vague_program()
@@ -50,12 +50,12 @@ def test_bootstrap_raises_the_dev_score(lm: ob.LM) -> None:
         compiled = ob.optimizers.BootstrapFewShot(metric=ob.metrics.exact_match, max_demos=3, seed=0).compile(program, trainset=train)
         after = evaluate(compiled)
     assert len(compiled.demos) == 3
-    assert all(d["answer"] == d["word"][::-1] for d in compiled.demos)  # only passing traces became demos
+    assert all(d["answer"] == d["word"][0] for d in compiled.demos)  # only passing traces became demos
     assert after.score - before.score >= 0.25, (before.score, after.score)
 
 
 def test_random_search_raises_the_dev_score(lm: ob.LM) -> None:
-    train, dev = _split("uppercase", seed=12)
+    train, dev = _split("first_letter", seed=12)
     with ob.context(lm=lm):
         program = _vague_program()
         before = ob.Evaluate(devset=dev, metric="exact_match", num_threads=16, display_progress=False)(program)
@@ -68,7 +68,7 @@ def test_random_search_raises_the_dev_score(lm: ob.LM) -> None:
 
 
 def test_artifact_round_trip_gives_the_same_predictions(lm: ob.LM, tmp_path: Path) -> None:
-    train, dev = _split("first_letter", seed=13, n_dev=20)
+    train, dev = _split("uppercase", seed=13, n_dev=20)
     compiled = ob.optimizers.LabeledFewShot(k=3).compile(ob.Predict("word -> answer", lm=lm), trainset=train)
     path = compiled.save(tmp_path / "first.oobleck")
     document = json.loads((path / "program.json").read_text())

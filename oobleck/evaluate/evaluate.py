@@ -11,14 +11,15 @@ import contextvars
 import logging
 import math
 import numbers
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-from oobleck.errors import DataError, MetricError, OobleckError
+from oobleck.errors import ConfigurationError, DataError, MetricError, OobleckError
 from oobleck.evaluate.metrics import get_metric
 from oobleck.example import Example, Prediction
 from oobleck.lm.usage import Usage, track_usage
@@ -26,6 +27,7 @@ from oobleck.lm.usage import Usage, track_usage
 __all__ = ["Evaluate", "EvaluationResult", "ExampleResult", "TooManyErrors"]
 
 logger = logging.getLogger("oobleck.evaluate")
+T = TypeVar("T")
 
 
 class TooManyErrors(OobleckError):
@@ -52,6 +54,7 @@ class EvaluationResult:
     results: list[ExampleResult]
     usage: Usage = field(default_factory=Usage)
     seconds: float = 0.0
+    mode: str = "threads"  # how the examples ran: "threads" or "async"
 
     @property
     def percent(self) -> float:
@@ -115,12 +118,29 @@ def _as_score(value: Any) -> float:
     raise MetricError(f"the metric returned {value!r}; it must return a number or a bool")
 
 
+Mode = Literal["auto", "threads", "async"]
+_MODES = ("auto", "threads", "async")
+# A metric call slower than this (an LM judge, say) would stall every example in flight if run
+# on the event loop, so from then on the async path runs the metric in a worker thread.
+_SLOW_METRIC_S = 0.002
+
+
 class Evaluate:
-    """``Evaluate(devset=dev, metric=ob.metrics.exact_match, num_threads=16)(program)``."""
+    """``Evaluate(devset=dev, metric=ob.metrics.exact_match, num_threads=16)(program)``.
+
+    ``num_threads`` is the number of examples in flight. ``mode`` says how they are run:
+    ``"threads"`` calls the program from a pool of that many threads; ``"async"`` awaits
+    ``program.acall`` for each example on one event loop (in a background thread, so this
+    call stays synchronous and works inside a running loop too); ``"auto"`` (the default)
+    picks async when the program and every LM it uses are natively async (an
+    ``OpenAICompatibleLM`` behind ``Predict``), since then one loop carries many more
+    requests per second than threads contending for the GIL, and threads otherwise (an
+    in-process model batches the calls that arrive together from its threads).
+    """
 
     def __init__(self, *, devset: Sequence[Example], metric: Callable[..., Any] | str, num_threads: int = 8,
                  display_progress: bool = True, display_table: int = 0, max_errors: int | None = None,
-                 failure_score: float = 0.0):  # fmt: skip
+                 failure_score: float = 0.0, mode: Mode = "auto"):  # fmt: skip
         self.devset = list(devset)
         self.metric = get_metric(metric)
         self.num_threads = max(1, int(num_threads))
@@ -128,66 +148,238 @@ class Evaluate:
         self.display_table = display_table
         self.max_errors = max_errors
         self.failure_score = failure_score
+        self.mode = _check_mode(mode)
 
     def __call__(self, program: Callable[..., Any], *, devset: Sequence[Example] | None = None, metric: Any = None,
-                 num_threads: int | None = None, display_progress: bool | None = None) -> EvaluationResult:  # fmt: skip
+                 num_threads: int | None = None, display_progress: bool | None = None,
+                 mode: Mode | None = None) -> EvaluationResult:  # fmt: skip
         examples = list(devset) if devset is not None else self.devset
         metric_fn = get_metric(metric) if metric is not None else self.metric
         threads = num_threads or self.num_threads
         show = self.display_progress if display_progress is None else display_progress
+        chosen = _choose_mode(program, _check_mode(mode or self.mode))
         _check_devset(examples)
         started = time.perf_counter()
-        results: list[ExampleResult | None] = [None] * len(examples)
-        failures = 0
-        lock = threading.Lock()
-        abort = threading.Event()
-
-        def run_one(index: int) -> None:
-            nonlocal failures
-            if abort.is_set():
-                return
-            example = examples[index]
-            try:
-                prediction = program(**example.inputs())
-            except Exception as exc:  # noqa: BLE001 - one example's failure is data, not a crash
-                result = ExampleResult(example, None, self.failure_score, f"{type(exc).__name__}: {exc}")
-            else:
-                try:
-                    score = _as_score(metric_fn(example, prediction))
-                    result = ExampleResult(example, prediction, score)
-                except MetricError:
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    result = ExampleResult(example, prediction, self.failure_score, f"metric failed: {type(exc).__name__}: {exc}")
-            with lock:
-                results[index] = result
-                if result.error is not None:
-                    failures += 1
-                    logger.debug("example %d failed: %s", index, result.error)
-                    if self.max_errors is not None and failures > self.max_errors:
-                        abort.set()
+        run = _Run(examples, metric_fn, self.failure_score, self.max_errors)
 
         with track_usage() as usage, _progress(show, len(examples)) as advance:
-            if threads == 1:
+            if chosen == "async":
+                _loop_thread().run(_run_async(run, program, threads, advance))
+            elif threads == 1:
                 for i in range(len(examples)):
-                    run_one(i)
-                    advance(results[i])
+                    run.run_one(program, i)
+                    advance(run.results[i])
             else:
                 with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="oobleck-eval") as pool:
-                    futures = [pool.submit(contextvars.copy_context().run, run_one, i) for i in range(len(examples))]
+                    futures = [pool.submit(contextvars.copy_context().run, run.run_one, program, i) for i in range(len(examples))]
                     for i, future in enumerate(futures):
                         future.result()
-                        advance(results[i])
-        done = [r for r in results if r is not None]
+                        advance(run.results[i])
+        done = [r for r in run.results if r is not None]
         score = sum(r.score for r in done) / len(done) if done else 0.0
-        result = EvaluationResult(score, done, usage, time.perf_counter() - started)
-        if abort.is_set():
-            raise TooManyErrors(f"stopped after {failures} failed examples (max_errors={self.max_errors}); last: {done[-1].error if done else ''}", result)
+        result = EvaluationResult(score, done, usage, time.perf_counter() - started, chosen)
+        if run.aborted:
+            raise TooManyErrors(f"stopped after {run.failures} failed examples (max_errors={self.max_errors}); last: {done[-1].error if done else ''}", result)
         if self.display_table:
             from rich.console import Console
 
             Console(stderr=True).print(result.table(self.display_table))
         return result
+
+
+class _Run:
+    """One evaluation's shared state: results by devset position, failures, the abort flag.
+
+    Both execution paths score and record examples through it, so they report identically.
+    """
+
+    def __init__(self, examples: list[Example], metric: Callable[..., Any], failure_score: float, max_errors: int | None):
+        self.examples = examples
+        self.metric = metric
+        self.failure_score = failure_score
+        self.max_errors = max_errors
+        self.results: list[ExampleResult | None] = [None] * len(examples)
+        self.failures = 0
+        self.aborted = False
+        self._lock = threading.Lock()
+
+    def failed(self, index: int, exc: Exception) -> ExampleResult:
+        return ExampleResult(self.examples[index], None, self.failure_score, f"{type(exc).__name__}: {exc}")
+
+    def scored(self, index: int, prediction: Any) -> ExampleResult:
+        example = self.examples[index]
+        try:
+            return ExampleResult(example, prediction, _as_score(self.metric(example, prediction)))
+        except MetricError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a metric crash on one example is data too
+            return ExampleResult(example, prediction, self.failure_score, f"metric failed: {type(exc).__name__}: {exc}")
+
+    def record(self, index: int, result: ExampleResult) -> None:
+        with self._lock:
+            self.results[index] = result
+            if result.error is not None:
+                self.failures += 1
+                logger.debug("example %d failed: %s", index, result.error)
+                if self.max_errors is not None and self.failures > self.max_errors:
+                    self.aborted = True
+
+    def run_one(self, program: Callable[..., Any], index: int) -> None:
+        """The thread path: call, score and record one example (nothing once aborted)."""
+        if self.aborted:
+            return
+        try:
+            prediction = program(**self.examples[index].inputs())
+        except Exception as exc:  # noqa: BLE001 - one example's failure is data, not a crash
+            result = self.failed(index, exc)
+        else:
+            result = self.scored(index, prediction)
+        self.record(index, result)
+
+
+async def _run_async(run: _Run, program: Callable[..., Any], concurrency: int, advance: Callable[[ExampleResult | None], None]) -> None:
+    """The async path: ``concurrency`` workers take examples in devset order until done or aborted.
+
+    Each example runs in a task of its own, which copies the caller's context (``ob.context``
+    settings, the ``track_usage`` scopes, an active trace) as a thread of the pool would.
+    """
+    import asyncio
+    import inspect
+
+    from oobleck.modules.module import Module
+
+    if isinstance(program, Module):
+        call = program.acall
+    elif inspect.iscoroutinefunction(program):
+        call = program
+    else:  # a plain function: run it in a thread, like the thread path does
+        def call(**inputs: Any) -> Any:
+            return asyncio.to_thread(program, **inputs)
+
+    metric_inline = True
+
+    async def one(index: int) -> None:
+        nonlocal metric_inline
+        try:
+            prediction = await call(**run.examples[index].inputs())
+        except Exception as exc:  # noqa: BLE001 - one example's failure is data, not a crash
+            result = run.failed(index, exc)
+        else:
+            if metric_inline:
+                began = time.perf_counter()
+                result = run.scored(index, prediction)
+                if time.perf_counter() - began > _SLOW_METRIC_S:
+                    metric_inline = False
+            else:
+                result = await asyncio.to_thread(run.scored, index, prediction)
+        run.record(index, result)
+        advance(result)
+
+    indices = iter(range(len(run.examples)))
+
+    async def worker() -> None:
+        for index in indices:  # shared by the workers: each example is taken once, in order
+            if run.aborted:
+                return
+            await asyncio.create_task(one(index))
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(run.examples)))]
+    try:
+        await asyncio.gather(*workers)
+    finally:  # a MetricError or a cancellation: stop the examples still in flight
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
+def _check_mode(mode: str) -> Mode:
+    if mode not in _MODES:
+        raise ConfigurationError(f"Evaluate mode must be one of {list(_MODES)}, not {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def _choose_mode(program: Callable[..., Any], mode: Mode) -> Literal["threads", "async"]:
+    """The path to run ``program`` on: ``mode``, or for ``"auto"`` the faster one that gives the same results."""
+    if mode == "auto":
+        mode = "async" if _natively_async(program) else "threads"
+    if mode == "async" and _loop_thread().is_current():
+        # Evaluate called from a program already running on the shared loop: waiting on that
+        # loop from itself would deadlock, so this nested evaluation uses threads.
+        logger.debug("nested Evaluate on the event loop thread: using threads")
+        return "threads"
+    return mode
+
+
+def _natively_async(program: Callable[..., Any]) -> bool:
+    """Whether awaiting the program needs no thread: an async ``aforward`` over truly async LMs.
+
+    A predictor without an LM of its own uses the configured one, looked up here in the
+    caller's context as it will be in the program's.
+    """
+    import inspect
+
+    from oobleck.lm.base import BaseLM
+    from oobleck.modules.module import Module
+    from oobleck.settings import get_setting
+
+    if inspect.iscoroutinefunction(program):
+        return True
+    if not isinstance(program, Module) or not program.runs_natively_async():
+        return False
+    default = get_setting("lm")
+    lms = [p.lm or default for p in program.predictors()]
+    return bool(lms) and all(isinstance(lm, BaseLM) and lm.native_async for lm in lms)
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread: where async evaluations run.
+
+    One loop for the process rather than one per evaluation, because async clients and their
+    keep-alive connections belong to the loop that opened them: a fresh loop per call would
+    reconnect every time and leave the old clients to be closed on a dead loop. Its default
+    executor is large (threads are started only when needed) so that ``asyncio.to_thread``
+    fallbacks (an LM without real async, in mode="async") get as many threads as examples in
+    flight, as on the thread path, and an in-process model still sees its calls together.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(ThreadPoolExecutor(max_workers=_MAX_FALLBACK_THREADS, thread_name_prefix="oobleck-async-worker"))
+        self.thread = threading.Thread(target=self.loop.run_forever, name="oobleck-async", daemon=True)
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and self.thread.is_alive()  # a forked child has no such thread
+
+    def is_current(self) -> bool:
+        return threading.current_thread() is self.thread
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop, in a copy of the caller's context, and wait for it."""
+        import asyncio
+
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # the loop copies the caller's context
+        try:
+            return future.result()
+        except BaseException:  # Ctrl-C while waiting: stop the run instead of leaving it going
+            future.cancel()
+            raise
+
+
+_MAX_FALLBACK_THREADS = 512
+_loop_lock = threading.Lock()
+_loop: _LoopThread | None = None
+
+
+def _loop_thread() -> _LoopThread:
+    global _loop
+    with _loop_lock:
+        if _loop is None or not _loop.alive():
+            _loop = _LoopThread()
+        return _loop
 
 
 def _check_devset(examples: Sequence[Any]) -> None:

@@ -7,7 +7,6 @@ jitter on transient failures, usage counting per LM and per run, and a short cal
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import threading
@@ -106,7 +105,20 @@ class BaseLM(ABC):
 
     async def agenerate(self, messages: list[Message], **settings: Any) -> Sequence[Completion | str]:
         """Async variant; the default runs ``generate`` in a worker thread."""
+        import asyncio  # imported on use: asyncio costs ~20 ms of ``import oobleck``
+
         return await asyncio.to_thread(self.generate, messages, **settings)
+
+    @property
+    def native_async(self) -> bool:
+        """Whether ``agenerate`` is truly asynchronous rather than ``generate`` in a thread.
+
+        ``Evaluate`` runs a program on one event loop only when every LM it uses is; an LM
+        that blocks in a thread (an in-process model that batches concurrent calls) is driven
+        from a pool of ``num_threads`` threads instead, so its batches stay as large as before.
+        A backend whose ``agenerate`` still wraps blocking work should override this to False.
+        """
+        return type(self).agenerate is not BaseLM.agenerate
 
     def cache_identity(self) -> dict[str, Any]:
         """What, besides messages and settings, makes two requests different."""
@@ -231,6 +243,8 @@ class BaseLM(ABC):
                     raise error from exc
                 wait = self._delay(attempt)
                 logger.info("%s: %s; retrying in %.2fs (attempt %d/%d)", self.model, exc, wait, attempt + 1, self.retry.retries)
+                import asyncio  # only a retry needs it; see ``agenerate``
+
                 await asyncio.sleep(wait)
                 attempt += 1
 

@@ -8,6 +8,8 @@ single retry policy (with jitter and usage accounting) applies to every backend 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import os
 import threading
@@ -83,27 +85,47 @@ class OpenAICompatibleLM(LM):
                 client = self._async_clients[loop] = openai.AsyncOpenAI(**self._client_kwargs())
             return client
 
-    def _request(self, messages: list[Message], settings: dict[str, Any]) -> dict[str, Any]:
-        request = {"model": self.model, "messages": messages, **settings}
-        return request
+    def _request(self, messages: list[Message], settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The JSON body and the SDK request options that ``chat.completions.create`` would send.
+
+        The request goes through the SDK's own ``post`` (auth, headers, timeouts, connection
+        pool, status errors) with ``cast_to=bytes``: ``create`` would also run its typed-param
+        transform and build pydantic models of the response, the two largest client-side costs
+        per call, which bound throughput once many calls are in flight in one process. Settings
+        ``create`` would refuse still fail here, before any request is sent.
+        """
+        unknown = [key for key in settings if key not in _create_parameters()]
+        if unknown:
+            raise TypeError(f"chat.completions.create() got unexpected setting(s) {unknown}")
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        options: dict[str, Any] = {}
+        for key, value in settings.items():
+            if key in _REQUEST_OPTIONS:
+                if value is not None or key == "timeout":  # timeout=None means none, as in ``create``
+                    options[_REQUEST_OPTIONS[key]] = value
+            else:
+                body[key] = value
+        return body, options
 
     def generate(self, messages: list[Message], **settings: Any) -> Sequence[Completion]:
         import openai
 
+        body, options = self._request(messages, settings)
         try:
-            response = self.client().chat.completions.create(**self._request(messages, settings))
-        except (openai.OpenAIError, json.JSONDecodeError) as exc:
+            raw = self.client().post("/chat/completions", body=body, options=options, cast_to=bytes)
+        except openai.OpenAIError as exc:
             raise self._translate(exc) from exc
-        return self._completions(response)
+        return self._completions(raw)
 
     async def agenerate(self, messages: list[Message], **settings: Any) -> Sequence[Completion]:
         import openai
 
+        body, options = self._request(messages, settings)
         try:
-            response = await self.async_client().chat.completions.create(**self._request(messages, settings))
-        except (openai.OpenAIError, json.JSONDecodeError) as exc:
+            raw = await self.async_client().post("/chat/completions", body=body, options=options, cast_to=bytes)
+        except openai.OpenAIError as exc:
             raise self._translate(exc) from exc
-        return self._completions(response)
+        return self._completions(raw)
 
     def _where(self) -> str:
         return self.base_url or "api.openai.com"
@@ -120,26 +142,50 @@ class OpenAICompatibleLM(LM):
             body = str(getattr(exc, "message", exc))[:300]
             retryable = status in _RETRYABLE_STATUS or status >= 500
             return LMResponseError(f"openai/{self.model} at {self._where()} answered HTTP {status}: {body}", status=status, retryable=retryable)
-        # The SDK lets a body that is not JSON (truncated, a proxy's error page) escape as a bare
-        # JSONDecodeError; like a 5xx it is usually transient, so it is retried.
-        if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError)):
+        # A body that is not JSON (truncated, a proxy's error page) is usually transient, like a
+        # 5xx, so it is retried.
+        if isinstance(exc, (openai.APIResponseValidationError, ValueError)):
             return LMResponseError(f"openai/{self.model} at {self._where()} sent a malformed response body: {exc}", retryable=True)
         return LMResponseError(f"openai/{self.model} at {self._where()}: {type(exc).__name__}: {exc}", retryable=False)
 
-    def _completions(self, response: Any) -> list[Completion]:
-        choices = getattr(response, "choices", None)
+    def _completions(self, raw: bytes) -> list[Completion]:
+        """Texts and token counts from a response body, read as plain JSON.
+
+        Field for field what the SDK's ``ChatCompletion`` would give (``choices[i].message
+        .content``, ``usage.prompt_tokens`` / ``completion_tokens``), and the same errors.
+        """
+        try:
+            response = json.loads(raw)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+            raise self._translate(exc) from exc
+        choices = response.get("choices") if isinstance(response, dict) else None
         if not isinstance(choices, list) or not choices:
             raise LMResponseError(f"openai/{self.model} at {self._where()} sent a response without choices", retryable=True)
-        usage = getattr(response, "usage", None)
-        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        usage = response.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
         texts = []
         for choice in choices:
-            message = getattr(choice, "message", None)
-            content = getattr(message, "content", None)
+            message = choice.get("message") if isinstance(choice, dict) else None
+            content = message.get("content") if isinstance(message, dict) else None
             if not isinstance(content, str):
                 raise LMResponseError(f"openai/{self.model} at {self._where()} sent a choice without text content", retryable=True)
             texts.append(content)
         # Usage is per response; split it over the choices so the sum stays exact.
         share, extra = divmod(completion, len(texts))
         return [Completion(t, prompt, share + (1 if i < extra else 0)) for i, t in enumerate(texts)]
+
+
+# ``create``'s keyword arguments that are request options rather than body fields, and the
+# ``post`` option each one becomes (as ``create`` itself maps them).
+_REQUEST_OPTIONS = {"extra_headers": "headers", "extra_query": "params", "extra_body": "extra_json", "timeout": "timeout"}
+
+
+@functools.lru_cache(maxsize=1)
+def _create_parameters() -> frozenset[str]:
+    """The keyword arguments the installed SDK's ``chat.completions.create`` accepts."""
+    from openai.resources.chat import Completions
+
+    names = inspect.signature(Completions.create).parameters
+    return frozenset(name for name in names if name not in ("self", "model", "messages"))
