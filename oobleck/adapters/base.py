@@ -91,53 +91,46 @@ class Adapter(ABC):
             values[name] = coerce(value, field.annotation, field=name, raw=completion)
         return values
 
-    def __call__(
-        self,
-        lm: BaseLM,
-        signature: type[Signature],
-        demos: Sequence[Mapping[str, Any]],
-        inputs: Mapping[str, Any],
-        **settings: Any,
-    ) -> list[dict[str, Any]]:
-        """Format, call the LM, parse; re-ask once on a parse failure, then raise ``ParseError``."""
-        messages = self.format(signature, demos, inputs)
-        settings = {**self.lm_settings(signature), **settings}
-        completions = lm(messages, **settings)
+    def _prepare(self, signature: type[Signature], demos: Sequence[Mapping[str, Any]], inputs: Mapping[str, Any],
+                 settings: dict[str, Any]) -> tuple[list[Message], dict[str, Any]]:  # fmt: skip
+        return self.format(signature, demos, inputs), {**self.lm_settings(signature), **settings}
+
+    def _first_outcome(self, signature: type[Signature], messages: list[Message], settings: dict[str, Any],
+                       completions: list[str]) -> tuple[list[dict[str, Any]] | None, tuple[list[Message], dict[str, Any]]]:  # fmt: skip
+        """Parsed outputs, or None and the (messages, settings) of the single re-ask."""
         parsed, error, bad = self._parse_all(signature, completions)
         if parsed:
-            return parsed
+            return parsed, (messages, settings)
         assert error is not None
         logger.debug("re-asking after parse failure: %s", error)
         retry, retry_settings = self.retry_messages(messages, bad, error)
-        completions = lm(retry, **{**settings, **retry_settings})
+        return None, (retry, {**settings, **retry_settings})
+
+    def _final_outcome(self, signature: type[Signature], completions: list[str]) -> list[dict[str, Any]]:
         parsed, error, _ = self._parse_all(signature, completions)
         if parsed:
             return parsed
         assert error is not None
         raise error
 
-    async def acall(
-        self,
-        lm: BaseLM,
-        signature: type[Signature],
-        demos: Sequence[Mapping[str, Any]],
-        inputs: Mapping[str, Any],
-        **settings: Any,
-    ) -> list[dict[str, Any]]:
-        messages = self.format(signature, demos, inputs)
-        settings = {**self.lm_settings(signature), **settings}
+    def __call__(self, lm: BaseLM, signature: type[Signature], demos: Sequence[Mapping[str, Any]], inputs: Mapping[str, Any],
+                 **settings: Any) -> list[dict[str, Any]]:  # fmt: skip
+        """Format, call the LM, parse; re-ask once on a parse failure, then raise ``ParseError``."""
+        messages, settings = self._prepare(signature, demos, inputs, settings)
+        parsed, (retry, retry_settings) = self._first_outcome(signature, messages, settings, lm(messages, **settings))
+        if parsed is not None:
+            return parsed
+        return self._final_outcome(signature, lm(retry, **retry_settings))
+
+    async def acall(self, lm: BaseLM, signature: type[Signature], demos: Sequence[Mapping[str, Any]], inputs: Mapping[str, Any],
+                    **settings: Any) -> list[dict[str, Any]]:  # fmt: skip
+        """``__call__`` for asyncio code."""
+        messages, settings = self._prepare(signature, demos, inputs, settings)
         completions = await lm.acall(messages, **settings)
-        parsed, error, bad = self._parse_all(signature, completions)
-        if parsed:
+        parsed, (retry, retry_settings) = self._first_outcome(signature, messages, settings, completions)
+        if parsed is not None:
             return parsed
-        assert error is not None
-        retry, retry_settings = self.retry_messages(messages, bad, error)
-        completions = await lm.acall(retry, **{**settings, **retry_settings})
-        parsed, error, _ = self._parse_all(signature, completions)
-        if parsed:
-            return parsed
-        assert error is not None
-        raise error
+        return self._final_outcome(signature, await lm.acall(retry, **retry_settings))
 
     def _parse_all(self, signature: type[Signature], completions: list[str]) -> tuple[list[dict[str, Any]], ParseError | None, str]:
         parsed: list[dict[str, Any]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from oobleck.errors import SignatureError
@@ -15,14 +16,12 @@ __all__ = ["parse_signature_string"]
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _split_top_level(text: str, offset: int, source: str) -> list[tuple[str, int]]:
-    """Split on commas outside brackets and quotes; keep each part's offset into ``source``."""
-    parts: list[tuple[str, int]] = []
-    opened: list[int] = []  # positions of the '[' not yet closed, so an error can point at one
+def _unquoted(text: str, offset: int, source: str) -> Iterator[tuple[int, str]]:
+    """(index, character) for every character outside quoted strings (a Literal value may hold
+    commas, brackets or an arrow); an unterminated quote is a ``SignatureError``."""
     quote: str | None = None
     quote_at = 0
     escaped = False
-    start = 0
     for i, char in enumerate(text):
         if quote:
             if escaped:
@@ -33,7 +32,19 @@ def _split_top_level(text: str, offset: int, source: str) -> list[tuple[str, int
                 quote = None
         elif char in "'\"":
             quote, quote_at = char, i
-        elif char == "[":
+        else:
+            yield i, char
+    if quote:
+        raise SignatureError("unterminated quote", source=source, position=offset + quote_at)
+
+
+def _split_top_level(text: str, offset: int, source: str) -> list[tuple[str, int]]:
+    """Split on commas outside brackets and quotes; keep each part's offset into ``source``."""
+    parts: list[tuple[str, int]] = []
+    opened: list[int] = []  # positions of the '[' not yet closed, so an error can point at one
+    start = 0
+    for i, char in _unquoted(text, offset, source):
+        if char == "[":
             opened.append(i)
         elif char == "]":
             if not opened:
@@ -42,8 +53,6 @@ def _split_top_level(text: str, offset: int, source: str) -> list[tuple[str, int
         elif char == "," and not opened:
             parts.append((text[start:i], offset + start))
             start = i + 1
-    if quote:
-        raise SignatureError("unterminated quote", source=source, position=offset + quote_at)
     if opened:
         raise SignatureError("unbalanced '[' (never closed)", source=source, position=offset + opened[-1])
     parts.append((text[start:], offset + start))
@@ -51,26 +60,8 @@ def _split_top_level(text: str, offset: int, source: str) -> list[tuple[str, int
 
 
 def _arrows(source: str) -> list[int]:
-    """Positions of ``->`` outside quoted strings (a Literal value may contain an arrow)."""
-    found: list[int] = []
-    quote: str | None = None
-    quote_at = 0
-    escaped = False
-    for i, char in enumerate(source):
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in "'\"":
-            quote, quote_at = char, i
-        elif source.startswith("->", i):
-            found.append(i)
-    if quote:
-        raise SignatureError("unterminated quote", source=source, position=quote_at)
-    return found
+    """Positions of ``->`` outside quoted strings."""
+    return [i for i, char in _unquoted(source, 0, source) if char == "-" and source.startswith("->", i)]
 
 
 def _parse_side(text: str, offset: int, source: str, kind: str) -> list[tuple[Field, int]]:
