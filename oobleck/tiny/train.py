@@ -74,6 +74,15 @@ def build_tokenizer() -> Any:
     return tokenizer
 
 
+def save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """Save with the portable class name, so transformers 4.x loads it as well as 5.x."""
+    tokenizer.save_pretrained(folder)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def model_config(vocab_size: int) -> Any:
     from transformers import LlamaConfig
 
@@ -287,7 +296,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     model.eval()
     config.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(config.out)
-    tokenizer.save_pretrained(config.out)
+    save_tokenizer(tokenizer, config.out)
     table = evaluate(config.out, n=config.eval_examples, seed=config.seed + 1000) if config.eval_examples else {}
     window = max(1, min(20, len(losses) // 4))
     report = {
