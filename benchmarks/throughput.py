@@ -7,7 +7,9 @@ requests per second; the benchmark reports each framework's rate and its fractio
 at concurrency 1, 8, 32 and 64.
 
 * oobleck: ``ob.Evaluate(num_threads=c, display_progress=False)`` with
-  ``ob.LM("openai/test", base_url=..., cache=False)`` (the openai SDK underneath).
+  ``ob.LM("openai/test", base_url=..., cache=False)`` (the openai SDK underneath). Its default
+  ``mode="auto"`` runs this program on one event loop (``--oobleck-mode threads`` forces the
+  thread pool); the table reports the mode each run used.
 * DSPy: ``dspy.Evaluate(num_threads=c, display_progress=False)`` with
   ``dspy.LM("openai/test", api_base=..., api_key="x", cache=False)``.
 
@@ -94,8 +96,8 @@ def questions(n: int) -> list[str]:
     return [f"What is item number {i}?" for i in range(n)]
 
 
-def oobleck_runner(url: str) -> Callable[[list[str], int], tuple[float, int]]:
-    """A function (questions, threads) -> (score in [0, 1], errors) running one ob.Evaluate."""
+def oobleck_runner(url: str, mode: str = "auto") -> Callable[[list[str], int], tuple[float, int, str]]:
+    """A function (questions, threads) -> (score in [0, 1], errors, mode used) running one ob.Evaluate."""
     import oobleck as ob
 
     lm = ob.LM("openai/test", base_url=url + "/v1", cache=False)
@@ -104,15 +106,15 @@ def oobleck_runner(url: str) -> Callable[[list[str], int], tuple[float, int]]:
     def metric(example: Any, prediction: Any, trace: Any = None) -> bool:
         return prediction.answer == example.answer
 
-    def run(qs: list[str], threads: int) -> tuple[float, int]:
+    def run(qs: list[str], threads: int) -> tuple[float, int, str]:
         devset = [ob.Example(question=q, answer=q).with_inputs("question") for q in qs]
-        result = ob.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False)(program)
-        return result.score, result.errors
+        result = ob.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False, mode=mode)(program)  # type: ignore[arg-type]
+        return result.score, result.errors, result.mode
 
     return run
 
 
-def dspy_runner(url: str) -> Callable[[list[str], int], tuple[float, int]]:
+def dspy_runner(url: str) -> Callable[[list[str], int], tuple[float, int, str]]:
     """The same with dspy.Evaluate; DSPy reports scores in percent, converted to [0, 1]."""
     import logging
 
@@ -126,21 +128,21 @@ def dspy_runner(url: str) -> Callable[[list[str], int], tuple[float, int]]:
     def metric(example: Any, prediction: Any, trace: Any = None) -> bool:
         return prediction.answer == example.answer
 
-    def run(qs: list[str], threads: int) -> tuple[float, int]:
+    def run(qs: list[str], threads: int) -> tuple[float, int, str]:
         devset = [dspy.Example(question=q, answer=q).with_inputs("question") for q in qs]
         result = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False, max_errors=len(qs) + 1)(program)
         errors = sum(1 for _, prediction, _ in result.results if not hasattr(prediction, "answer"))
-        return float(result.score) / 100, errors
+        return float(result.score) / 100, errors, "threads"
 
     return run
 
 
-def measure(run: Callable[[list[str], int], tuple[float, int]], qs: list[str], threads: int) -> dict[str, float]:
+def measure(run: Callable[[list[str], int], tuple[float, int, str]], qs: list[str], threads: int) -> dict[str, Any]:
     cpu, start = time.process_time(), time.perf_counter()
-    score, errors = run(qs, threads)
+    score, errors, mode = run(qs, threads)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"rps": len(qs) / wall, "seconds": wall, "client_cpu_us_per_request": cpu / len(qs) * 1e6, "client_cores_busy": cpu / wall,
-            "score": score, "errors": errors}  # fmt: skip
+            "score": score, "errors": errors, "mode": mode}  # fmt: skip
 
 
 def main() -> None:
@@ -149,6 +151,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--seconds", type=float, default=2.0, help="target length of one run at the limit (dev set sizing)")
+    parser.add_argument("--oobleck-mode", choices=["auto", "threads", "async"], default="auto", help="ob.Evaluate(mode=...)")
     args = parser.parse_args()
 
     # Offline and quiet: no model-metadata download attempts, no deprecation chatter.
@@ -157,13 +160,13 @@ def main() -> None:
 
     rows = []
     with ServerProcess(args.latency) as server:
-        runners = {"oobleck": oobleck_runner(server.url), "DSPy": dspy_runner(server.url)}
+        runners = {"oobleck": oobleck_runner(server.url, args.oobleck_mode), "DSPy": dspy_runner(server.url)}
         names = list(runners)
         for c in args.concurrency:
             limit = c / args.latency
             n = max(100, int(limit * args.seconds))
             qs = questions(n)
-            samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+            samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
             with console.status(f"concurrency {c}: {n} examples x {args.rounds} rounds per framework"):
                 for name in names:  # warm-up: threads, connections, lazy imports
                     runners[name](questions(min(n, 2 * c)), c)
@@ -182,13 +185,14 @@ def main() -> None:
                     "client_cores_busy": median([s["client_cores_busy"] for s in runs]),
                     "min_score": min(s["score"] for s in runs),
                     "errors": sum(int(s["errors"]) for s in runs),
+                    "mode": "/".join(sorted({s["mode"] for s in runs})),
                     "runs": runs,
                 }
             row["ratio_oobleck_over_dspy"] = row["oobleck"]["rps"] / row["DSPy"]["rps"]
             row["target_met"] = row["oobleck"]["fraction_of_limit"] >= TARGET_FRACTION
             rows.append(row)
             console.print(
-                f"c={c}: oobleck {row['oobleck']['rps']:.0f} req/s ({row['oobleck']['fraction_of_limit']:.2f} of limit), "
+                f"c={c}: oobleck {row['oobleck']['rps']:.0f} req/s ({row['oobleck']['fraction_of_limit']:.2f} of limit, {row['oobleck']['mode']}), "
                 f"DSPy {row['DSPy']['rps']:.0f} req/s ({row['DSPy']['fraction_of_limit']:.2f})"
             )
     litellm_used = "litellm" in sys.modules  # DSPy 3.4 talks to OpenAI-compatible servers natively unless it falls back to LiteLLM
@@ -199,6 +203,7 @@ def main() -> None:
     table.add_column("limit req/s", justify="right")
     table.add_column("oobleck req/s", justify="right")
     table.add_column("oobleck / limit", justify="right")
+    table.add_column("oobleck mode")
     table.add_column("DSPy req/s", justify="right")
     table.add_column("DSPy / limit", justify="right")
     table.add_column("oobleck / DSPy", justify="right")
@@ -209,7 +214,7 @@ def main() -> None:
         ob_row, ds_row = row["oobleck"], row["DSPy"]
         table.add_row(
             str(row["concurrency"]), str(row["examples"]), f"{row['limit_rps']:.0f}",
-            f"{ob_row['rps']:.1f}", f"{ob_row['fraction_of_limit']:.2f}",
+            f"{ob_row['rps']:.1f}", f"{ob_row['fraction_of_limit']:.2f}", ob_row["mode"],
             f"{ds_row['rps']:.1f}", f"{ds_row['fraction_of_limit']:.2f}",
             f"{row['ratio_oobleck_over_dspy']:.2f}",
             f"{ob_row['client_cpu_us_per_request']:.0f}, {ds_row['client_cpu_us_per_request']:.0f}",
@@ -227,6 +232,7 @@ def main() -> None:
         "target": f"oobleck >= {TARGET_FRACTION} of the latency limit (concurrency / latency) at every concurrency",
         "latency_s": args.latency,
         "rounds": args.rounds,
+        "oobleck_mode": args.oobleck_mode,
         "dspy_imported_litellm": litellm_used,
         "rows": rows,
         "target_met": all(r["target_met"] for r in rows),

@@ -224,6 +224,26 @@ def test_a_metric_error_stops_the_async_run() -> None:
     assert lm.in_flight == 0  # nothing left running on the loop
 
 
+def test_a_slow_metric_moves_off_the_event_loop() -> None:
+    from oobleck.settings import get_setting
+
+    judged: list[Any] = []
+
+    def judge(example: ob.Example, prediction: Any, trace: Any = None) -> bool:  # e.g. an LM as judge
+        time.sleep(0.05)
+        judged.append(get_setting("adapter"))
+        return exact_match(example, prediction)
+
+    lm = AsyncScriptedLM()
+    started = time.perf_counter()
+    with ob.context(adapter="chat"):
+        result = evaluate(dataset(list(range(0, 64, 2))), metric=judge, num_threads=16)(ob.Predict("question -> answer", lm=lm))
+    elapsed = time.perf_counter() - started
+    assert result.mode == "async" and result.score == 1.0
+    assert judged == ["chat"] * 32  # the metric sees the caller's context in its thread too
+    assert elapsed < 0.8, f"32 metric calls of 50 ms took {elapsed:.2f} s: they ran one at a time"  # inline: 1.6 s
+
+
 # -- context: settings, usage, traces --------------------------------------------------------
 
 
