@@ -1,8 +1,8 @@
 """Evaluate's async path: the same results, order, errors and usage as the thread pool.
 
-The async path runs examples with ``await program.acall(...)`` on one event loop; ``mode="auto"``
-picks it only when the program and its LMs are natively async. These tests hold it to the
-thread path's contract, and check the fallbacks (LMs that block in threads, nested calls).
+The async path runs examples with ``await program.acall(...)`` on one event loop (``mode="async"``;
+``mode="auto"`` picks it only for programs that exist only as async code). These tests hold it
+to the thread path's contract, and check the fallbacks (LMs that block in threads, nested calls).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import oobleck as ob
 from oobleck.evaluate import Evaluate, TooManyErrors
 from oobleck.evaluate.metrics import exact_match
-from oobleck.lm.base import BaseLM, Completion
+from oobleck.lm.base import Completion
 from oobleck.testing import FieldScriptedLM
 
 # question -> answer: right on even numbers, wrong on odd ones, an LM error on "crash".
@@ -83,7 +83,9 @@ class BatchingLM(FieldScriptedLM):
 
 
 def evaluate(devset: list[ob.Example], **kwargs: Any) -> Evaluate:
+    """An Evaluate on the async path unless told otherwise."""
     kwargs.setdefault("num_threads", 4)
+    kwargs.setdefault("mode", "async")
     return Evaluate(devset=devset, metric=kwargs.pop("metric", exact_match), display_progress=kwargs.pop("display_progress", False), **kwargs)
 
 
@@ -94,53 +96,38 @@ def outcome(result: ob.EvaluationResult) -> list[tuple[Any, ...]]:
 # -- mode selection --------------------------------------------------------------------------
 
 
-def test_auto_picks_async_only_for_natively_async_programs() -> None:
+def test_auto_picks_async_only_for_programs_that_exist_only_as_async_code() -> None:
     devset = dataset([0, 2])
-    assert evaluate(devset)(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "async"
-    assert evaluate(devset)(ob.ChainOfThought("question -> answer", lm=AsyncScriptedLM())).mode == "async"
-    # an LM whose agenerate is generate in a thread, a plain function: the thread pool
-    assert evaluate(devset)(ob.Predict("question -> answer", lm=FieldScriptedLM(respond))).mode == "threads"
-    assert evaluate(devset, metric=lambda e, p, t=None: 1.0)(lambda question: question).mode == "threads"
-    # forced either way
-    assert evaluate(devset, mode="threads")(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "threads"
-    assert evaluate(devset)(ob.Predict("question -> answer", lm=FieldScriptedLM(respond)), mode="async").mode == "async"
-    with pytest.raises(ob.ConfigurationError, match="mode"):
-        evaluate(devset, mode="processes")  # type: ignore[arg-type]
 
-
-def test_auto_looks_at_every_predictor_and_at_the_module_class() -> None:
-    fast, slow = AsyncScriptedLM(), FieldScriptedLM(respond)
-
-    class Both(ob.Module):
-        def __init__(self, first: BaseLM, second: BaseLM):
-            self.first = ob.Predict("question -> answer", lm=first)
-            self.second = ob.Predict("question -> answer", lm=second)
-
-        def forward(self, question: str) -> Any:
-            self.first(question=question)
-            return self.second(question=question)
-
-        async def aforward(self, question: str) -> Any:
-            await self.first.acall(question=question)
-            return await self.second.acall(question=question)
-
-    class ForwardOnly(ob.Module):
+    class AsyncOnly(ob.Module):
         def __init__(self) -> None:
             self.step = ob.Predict("question -> answer", lm=AsyncScriptedLM())
 
+        async def aforward(self, question: str) -> Any:
+            return await self.step.acall(question=question)
+
+    class Both(AsyncOnly):
         def forward(self, question: str) -> Any:
             return self.step(question=question)
 
-    class Shouting(ob.Predict):  # overrides forward only: the inherited aforward would skip it
-        def forward(self, **kwargs: Any) -> Any:
-            return ob.Prediction(answer=str(super().forward(**kwargs).answer).upper())
+    async def doubled(question: str) -> ob.Prediction:
+        return ob.Prediction(answer=str(int(question.split()[-1]) * 2))
 
-    devset = dataset([0, 2])
-    assert evaluate(devset)(Both(fast, fast)).mode == "async"
-    assert evaluate(devset)(Both(fast, slow)).mode == "threads"
-    assert evaluate(devset)(ForwardOnly()).mode == "threads"
-    shouting = evaluate(dataset([1]), metric=lambda e, p, t=None: p.answer == "WRONG")(Shouting("question -> answer", lm=fast))
-    assert shouting.mode == "threads" and shouting.score == 1.0
+    auto = {"mode": "auto"}
+    assert evaluate(devset, **auto)(AsyncOnly()).mode == "async"
+    assert evaluate(devset, **auto)(doubled).mode == "async"
+    assert evaluate(devset, **auto)(Both()).mode == "threads"
+    assert evaluate(devset, **auto)(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "threads"
+    assert evaluate(devset, **auto)(ob.Predict("question -> answer", lm=FieldScriptedLM(respond))).mode == "threads"
+    assert Evaluate(devset=devset, metric=exact_match).mode == "auto"  # the default
+    # forced either way, at construction or per call
+    assert evaluate(devset, mode="threads")(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "threads"
+    assert evaluate(devset, **auto)(ob.Predict("question -> answer", lm=FieldScriptedLM(respond)), mode="async").mode == "async"
+    assert evaluate(devset, **auto)(AsyncOnly()).score == evaluate(devset, **auto)(Both(), mode="async").score == 1.0
+    with pytest.raises(ob.ConfigurationError, match="mode"):
+        evaluate(devset, mode="processes")
+    with pytest.raises(ob.ConfigurationError, match="mode"):
+        evaluate(devset)(AsyncOnly(), mode="fibers")  # type: ignore[arg-type]
 
 
 # -- the same results as the thread pool -----------------------------------------------------
@@ -158,6 +145,7 @@ def test_async_gives_the_same_results_in_devset_order() -> None:
     threads = evaluate(devset, num_threads=6, mode="threads")(program)
     on_loop = evaluate(devset, num_threads=6)(program)
     assert (threads.mode, on_loop.mode) == ("threads", "async")
+    assert lm.threads == {"oobleck-async"}  # the async path really awaited agenerate on the loop
     assert outcome(on_loop) == outcome(threads)
     assert on_loop.score == threads.score == pytest.approx(12 / 27)
     assert on_loop.errors == threads.errors == 2
@@ -327,8 +315,8 @@ def test_plain_and_async_functions_as_programs() -> None:
         return ob.Prediction(answer=str(int(question.split()[-1]) * 2))
 
     devset = dataset([1, 2, 3])
-    assert evaluate(devset)(doubled).mode == "async"
-    assert evaluate(devset)(doubled).score == 1.0
+    assert evaluate(devset, mode="auto")(doubled).mode == "async"
+    assert evaluate(devset, mode="auto")(doubled).score == 1.0
     forced = evaluate(devset, mode="async")(doubled_sync)
     assert forced.mode == "async" and forced.score == 1.0
 
@@ -373,10 +361,10 @@ def test_openai_backend_evaluates_on_the_loop_with_faults_and_exact_usage() -> N
     with OpenAITestServer(responder=length_responder, latency=0.005, fault_rate=0.2, seed=11) as server:
         lm = ob.LM("openai/test-model", base_url=server.base_url + "/v1", api_key="k", retry=patient, cache=False, timeout=10)
         program = ob.Predict("question -> answer: int", lm=lm)
-        for mode in ("auto", "threads"):
+        for mode in ("async", "threads"):
             server.reset_counts()
             result = evaluate(devset, metric=metric, num_threads=16, mode=mode)(program)
-            assert result.mode == ("async" if mode == "auto" else "threads")
+            assert result.mode == mode
             assert result.errors == 0, [r.error for r in result.results if r.error][:3]
             assert result.score == 0.75
             assert result.usage.calls == 60
@@ -412,5 +400,5 @@ def test_openai_backend_spreads_concurrent_requests_over_small_pools() -> None:
         assert asyncio.run(many()) == [[f"q{i}"] for i in range(32)]
         assert lm(([{"role": "user", "content": "sync"}])) == ["sync"]
     shards = list(lm._async_clients.values())
-    assert len(shards) == 1 and len(shards[0]._clients) == 8  # 32 in flight, 4 per client
+    assert len(shards) == 1 and len(shards[0]._clients) == 16  # 32 in flight, 2 per client
     assert lm._clients is not None and len(lm._clients._clients) == 1  # one call at a time: one client

@@ -132,10 +132,8 @@ class Evaluate:
     ``"threads"`` calls the program from a pool of that many threads; ``"async"`` awaits
     ``program.acall`` for each example on one event loop (in a background thread, so this
     call stays synchronous and works inside a running loop too); ``"auto"`` (the default)
-    picks async when the program and every LM it uses are natively async (an
-    ``OpenAICompatibleLM`` behind ``Predict``), since then one loop carries many more
-    requests per second than threads contending for the GIL, and threads otherwise (an
-    in-process model batches the calls that arrive together from its threads).
+    uses threads unless the program exists only as async code (an ``async def`` function, a
+    module with ``aforward`` and no ``forward``). Both give the same results, in devset order.
     """
 
     def __init__(self, *, devset: Sequence[Example], metric: Callable[..., Any] | str, num_threads: int = 8,
@@ -299,9 +297,16 @@ def _check_mode(mode: str) -> Mode:
 
 
 def _choose_mode(program: Callable[..., Any], mode: Mode) -> Literal["threads", "async"]:
-    """The path to run ``program`` on: ``mode``, or for ``"auto"`` the faster one that gives the same results."""
+    """The path to run ``program`` on: ``mode``, or for ``"auto"`` the one it implements.
+
+    ``auto`` prefers threads whenever the program can be called synchronously: measured with
+    ``benchmarks/throughput.py`` (``Predict`` over the openai SDK, a 50 ms server, 2 cores),
+    the event loop reached 0.90 / 0.81 / 0.60 of the latency limit at 8 / 32 / 64 examples in
+    flight and threads 0.92 / 0.88 / 0.57. The SDK's async stack costs more CPU per request,
+    and each await that yields waits behind the loop's other work, which adds latency.
+    """
     if mode == "auto":
-        mode = "async" if _natively_async(program) else "threads"
+        mode = "async" if _async_only(program) else "threads"
     if mode == "async" and _loop_thread().is_current():
         # Evaluate called from a program already running on the shared loop: waiting on that
         # loop from itself would deadlock, so this nested evaluation uses threads.
@@ -310,25 +315,15 @@ def _choose_mode(program: Callable[..., Any], mode: Mode) -> Literal["threads", 
     return mode
 
 
-def _natively_async(program: Callable[..., Any]) -> bool:
-    """Whether awaiting the program needs no thread: an async ``aforward`` over truly async LMs.
-
-    A predictor without an LM of its own uses the configured one, looked up here in the
-    caller's context as it will be in the program's.
-    """
+def _async_only(program: Callable[..., Any]) -> bool:
+    """An ``async def`` function, or a module that implements ``aforward`` but not ``forward``."""
     import inspect
 
-    from oobleck.lm.base import BaseLM
     from oobleck.modules.module import Module
-    from oobleck.settings import get_setting
 
-    if inspect.iscoroutinefunction(program):
-        return True
-    if not isinstance(program, Module) or not program.runs_natively_async():
-        return False
-    default = get_setting("lm")
-    lms = [p.lm or default for p in program.predictors()]
-    return bool(lms) and all(isinstance(lm, BaseLM) and lm.native_async for lm in lms)
+    if isinstance(program, Module):
+        return type(program).forward is Module.forward and type(program).aforward is not Module.aforward
+    return inspect.iscoroutinefunction(program)
 
 
 class _LoopThread:

@@ -109,17 +109,6 @@ class BaseLM(ABC):
 
         return await asyncio.to_thread(self.generate, messages, **settings)
 
-    @property
-    def native_async(self) -> bool:
-        """Whether ``agenerate`` is truly asynchronous rather than ``generate`` in a thread.
-
-        ``Evaluate`` runs a program on one event loop only when every LM it uses is; an LM
-        that blocks in a thread (an in-process model that batches concurrent calls) is driven
-        from a pool of ``num_threads`` threads instead, so its batches stay as large as before.
-        A backend whose ``agenerate`` still wraps blocking work should override this to False.
-        """
-        return type(self).agenerate is not BaseLM.agenerate
-
     def cache_identity(self) -> dict[str, Any]:
         """What, besides messages and settings, makes two requests different."""
         return {"provider": self.provider, "model": self.model}

@@ -39,24 +39,6 @@ class Module:
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         return await self.aforward(*args, **kwargs)
 
-    def runs_natively_async(self) -> bool:
-        """Whether ``acall`` does the same as ``__call__`` without a thread per call.
-
-        True when this class (or a base) defines its own ``aforward``, at least as derived as
-        the ``forward`` and ``__call__`` it stands in for: a subclass that overrides only
-        ``forward`` would otherwise be skipped by an inherited ``aforward``. Whether the LMs
-        underneath are truly async is a separate question (``BaseLM.native_async``).
-        """
-        cls = type(self)
-        async_owner = _owner(cls, "aforward")
-        if async_owner is Module:
-            return False
-        sync_owners = [_owner(cls, "forward"), _owner(cls, "__call__")]
-        if _owner(cls, "acall") is not Module:
-            async_owner = _owner(cls, "acall")
-            sync_owners.append(_owner(cls, "aforward"))
-        return all(issubclass(async_owner, owner) for owner in sync_owners)
-
     # -- structure ---------------------------------------------------------------------------
 
     def named_predictors(self) -> list[tuple[str, Predict]]:
@@ -149,11 +131,6 @@ class Module:
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={p.signature.signature!r}" for n, p in self.named_predictors())
         return f"{type(self).__name__}({inner})"
-
-
-def _owner(cls: type, name: str) -> type:
-    """The class in ``cls``'s MRO that defines attribute ``name``."""
-    return next(klass for klass in cls.__mro__ if name in vars(klass))
 
 
 def _copy_modules_in(value: Any, memo: dict[int, Any]) -> Any:
