@@ -10,21 +10,11 @@ import oobleck as ob
 from oobleck.evaluate import Evaluate, TooManyErrors
 from oobleck.evaluate.metrics import contains, exact_match, f1, get_metric, normalize_text
 from oobleck.testing import FieldScriptedLM
+from support import doubling_dataset as dataset
+from support import doubling_respond as respond
 
 # question -> answer, where the "model" is right on even numbers and wrong on odd ones,
 # and fails outright (an LM error) on questions containing "crash".
-
-
-def respond(inputs: dict[str, str]) -> dict[str, Any]:
-    question = inputs["question"]
-    if "crash" in question:
-        raise RuntimeError(f"backend down for {question}")
-    n = int(question.split()[-1])
-    return {"answer": str(n * 2) if n % 2 == 0 else "wrong"}
-
-
-def dataset(numbers: list[Any]) -> list[ob.Example]:
-    return [ob.Example(question=f"double {n}", answer=str(n * 2) if isinstance(n, int) else "?").with_inputs("question") for n in numbers]
 
 
 def program() -> ob.Predict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -20,20 +19,10 @@ from oobleck.evaluate import Evaluate, TooManyErrors
 from oobleck.evaluate.metrics import exact_match
 from oobleck.lm.base import Completion
 from oobleck.testing import FieldScriptedLM
+from support import doubling_dataset as dataset
+from support import doubling_respond as respond
 
 # question -> answer: right on even numbers, wrong on odd ones, an LM error on "crash".
-
-
-def respond(inputs: dict[str, str]) -> dict[str, Any]:
-    question = inputs["question"]
-    if "crash" in question:
-        raise RuntimeError(f"backend down for {question}")
-    n = int(question.split()[-1])
-    return {"answer": str(n * 2) if n % 2 == 0 else "wrong"}
-
-
-def dataset(numbers: Sequence[Any]) -> list[ob.Example]:
-    return [ob.Example(question=f"double {n}", answer=str(n * 2) if isinstance(n, int) else "?").with_inputs("question") for n in numbers]
 
 
 class AsyncScriptedLM(FieldScriptedLM):

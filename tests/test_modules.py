@@ -11,6 +11,7 @@ import pytest
 import oobleck as ob
 from oobleck.modules.trace import tracing_active
 from oobleck.testing import FieldScriptedLM, ScriptedLM
+from support import Hop
 
 
 def upper_lm(**kwargs: Any) -> FieldScriptedLM:
@@ -18,14 +19,6 @@ def upper_lm(**kwargs: Any) -> FieldScriptedLM:
     return FieldScriptedLM(lambda inputs: {"answer": inputs.get("question", "").upper() or "EMPTY"}, **kwargs)
 
 
-class Hop(ob.Module):
-    def __init__(self) -> None:
-        self.generate_query = ob.Predict("question -> query")
-        self.answer = ob.Predict("question, query -> answer")
-
-    def forward(self, question: str) -> ob.Prediction:
-        query = self.generate_query(question=question).query
-        return self.answer(question=question, query=query)
 
 
 class Pipeline(ob.Module):

@@ -13,6 +13,7 @@ from oobleck.evaluate.metrics import exact_match
 from oobleck.optimizers import BootstrapFewShot, Candidate, LabeledFewShot, RandomSearch
 from oobleck.optimizers.base import check_trainset, data_fingerprint
 from oobleck.testing import FieldScriptedLM, ScriptedLM
+from support import Hop
 
 
 def reply(**fields: Any) -> str:
@@ -38,14 +39,6 @@ TRAIN = words("abc", "hello", "xy", "oobleck", "four", "six666", "q", "zz")
 VAL = words("dev", "tests", "pq", "water")
 
 
-class Hop(ob.Module):
-    def __init__(self) -> None:
-        self.generate_query = ob.Predict("question -> query")
-        self.answer = ob.Predict("question, query -> answer")
-
-    def forward(self, question: str) -> ob.Prediction:
-        query = self.generate_query(question=question).query
-        return self.answer(question=question, query=query)
 
 
 # -- Candidate -------------------------------------------------------------------------------

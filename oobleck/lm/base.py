@@ -203,39 +203,36 @@ class BaseLM(ABC):
         # A retried timeout must say it was retried, as the LMError subclasses above do.
         return LMError(f"{self.model}: {type(exc).__name__}: {exc}{tried}")
 
+    def _retry_wait(self, exc: Exception, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1``, or raise the final error."""
+        if not _is_retryable(exc) or attempt >= self.retry.retries:
+            error = self._give_up(exc, attempt + 1)
+            if error is exc:  # ``raise exc from exc`` would hide the backend's own cause
+                raise exc
+            raise error from exc
+        wait = self._delay(attempt)
+        logger.info("%s: %s; retrying in %.2fs (attempt %d/%d)", self.model, exc, wait, attempt + 1, self.retry.retries)
+        return wait
+
     def _with_retries(self, call: Callable[[], T]) -> T:
         attempt = 0
         while True:
             try:
                 return call()
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if not _is_retryable(exc) or attempt >= self.retry.retries:
-                    error = self._give_up(exc, attempt + 1)
-                    if error is exc:  # ``raise exc from exc`` would hide the backend's own cause
-                        raise
-                    raise error from exc
-                wait = self._delay(attempt)
-                logger.info("%s: %s; retrying in %.2fs (attempt %d/%d)", self.model, exc, wait, attempt + 1, self.retry.retries)
-                time.sleep(wait)
-                attempt += 1
+            except Exception as exc:  # noqa: BLE001 - classified by _retry_wait
+                time.sleep(self._retry_wait(exc, attempt))
+            attempt += 1
 
     async def _with_retries_async(self, call: Callable[[], Any]) -> Any:
+        import asyncio  # imported where used: ``import oobleck`` stays fast
+
         attempt = 0
         while True:
             try:
                 return await call()
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if not _is_retryable(exc) or attempt >= self.retry.retries:
-                    error = self._give_up(exc, attempt + 1)
-                    if error is exc:  # ``raise exc from exc`` would hide the backend's own cause
-                        raise
-                    raise error from exc
-                wait = self._delay(attempt)
-                logger.info("%s: %s; retrying in %.2fs (attempt %d/%d)", self.model, exc, wait, attempt + 1, self.retry.retries)
-                import asyncio  # only a retry needs it; see ``agenerate``
-
-                await asyncio.sleep(wait)
-                attempt += 1
+            except Exception as exc:  # noqa: BLE001 - classified by _retry_wait
+                await asyncio.sleep(self._retry_wait(exc, attempt))
+            attempt += 1
 
     def inspect_history(self, n: int = 1) -> list[dict[str, Any]]:
         """The last ``n`` calls: messages, settings, outputs, whether cached, usage."""
