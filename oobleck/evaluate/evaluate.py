@@ -8,6 +8,7 @@ message and scored as a failure; it ends the run only past ``max_errors``.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import math
 import numbers
@@ -23,6 +24,7 @@ from oobleck.errors import ConfigurationError, DataError, MetricError, OobleckEr
 from oobleck.evaluate.metrics import get_metric
 from oobleck.example import Example, Prediction
 from oobleck.lm.usage import Usage, track_usage
+from oobleck.modules.module import Module
 
 __all__ = ["Evaluate", "EvaluationResult", "ExampleResult", "TooManyErrors"]
 
@@ -242,9 +244,6 @@ async def _run_async(run: _Run, program: Callable[..., Any], concurrency: int, a
     settings, the ``track_usage`` scopes, an active trace) as a thread of the pool would.
     """
     import asyncio
-    import inspect
-
-    from oobleck.modules.module import Module
 
     if isinstance(program, Module):
         call = program.acall
@@ -317,10 +316,6 @@ def _choose_mode(program: Callable[..., Any], mode: Mode) -> Literal["threads", 
 
 def _async_only(program: Callable[..., Any]) -> bool:
     """An ``async def`` function, or a module that implements ``aforward`` but not ``forward``."""
-    import inspect
-
-    from oobleck.modules.module import Module
-
     if isinstance(program, Module):
         return type(program).forward is Module.forward and type(program).aforward is not Module.aforward
     return inspect.iscoroutinefunction(program)
