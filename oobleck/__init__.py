@@ -13,6 +13,7 @@ from oobleck._version import __version__
 from oobleck.adapters import Adapter, ChatAdapter, CompactAdapter, JSONAdapter
 from oobleck.errors import (
     ArtifactError,
+    BudgetExceeded,
     ConfigurationError,
     DataError,
     InputError,
@@ -26,7 +27,7 @@ from oobleck.errors import (
     UnknownLMError,
 )
 from oobleck.example import Example, Prediction
-from oobleck.lm import LM, BaseLM, Completion, Usage, track_usage
+from oobleck.lm import LM, BaseLM, Budget, Completion, Usage, set_price, spending, track_usage
 from oobleck.modules import ChainOfThought, Module, Predict, trace
 from oobleck.settings import configure, context
 from oobleck.signatures import InputField, OutputField, Signature, make_signature
@@ -37,12 +38,12 @@ if TYPE_CHECKING:
     from oobleck.evaluate import Evaluate, EvaluationResult, metrics
 
 __all__ = [
-    "Adapter", "ArtifactError", "BaseLM", "ChainOfThought", "ChatAdapter", "CompactAdapter", "Completion",
+    "Adapter", "ArtifactError", "BaseLM", "Budget", "BudgetExceeded", "ChainOfThought", "ChatAdapter", "CompactAdapter", "Completion",
     "ConfigurationError", "DataError", "Evaluate", "EvaluationResult", "Example", "InputError", "InputField",
     "JSONAdapter", "LM", "LMConnectionError", "LMError", "LMResponseError", "MetricError", "Module", "OobleckError",
     "OutputField", "ParseError", "Predict", "Prediction", "Signature", "SignatureError", "UnknownLMError", "Usage",
     "__version__", "configure", "context", "load", "load_examples", "make_signature", "metrics", "optimizers",
-    "testing", "trace", "track_usage",
+    "set_price", "spending", "testing", "trace", "track_usage",
 ]  # fmt: skip
 
 # Layers above modules load on first use, so ``import oobleck`` stays fast.

@@ -89,3 +89,11 @@ class MetricError(OobleckError, ValueError):
 
 class ArtifactError(OobleckError):
     """A compiled-program artifact is missing, truncated, foreign or does not fit the program."""
+
+
+class BudgetExceeded(OobleckError):
+    """A compile's LM budget (calls, tokens or cost) is spent; optimizers stop and keep their best."""
+
+    def __init__(self, message: str, *, limit: str = ""):
+        super().__init__(message)
+        self.limit = limit

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from oobleck.errors import ConfigurationError, DataError, MetricError, OobleckError
+from oobleck.errors import BudgetExceeded, ConfigurationError, DataError, MetricError, OobleckError
 from oobleck.evaluate.metrics import get_metric
 from oobleck.example import Example, Prediction
 from oobleck.lm.usage import Usage, track_usage
@@ -230,6 +230,9 @@ class _Run:
             return
         try:
             prediction = program(**self.examples[index].inputs())
+        except BudgetExceeded:
+            self.aborted = True  # the run's budget is spent: stop, do not score it as a failure
+            raise
         except Exception as exc:  # noqa: BLE001 - one example's failure is data, not a crash
             result = self.failed(index, exc)
         else:
@@ -259,6 +262,9 @@ async def _run_async(run: _Run, program: Callable[..., Any], concurrency: int, a
         nonlocal metric_inline
         try:
             prediction = await call(**run.examples[index].inputs())
+        except BudgetExceeded:
+            run.aborted = True
+            raise
         except Exception as exc:  # noqa: BLE001 - one example's failure is data, not a crash
             result = run.failed(index, exc)
         else:

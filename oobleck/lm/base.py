@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from oobleck.errors import LMConnectionError, LMError, LMResponseError, OobleckError
+from oobleck.lm.budget import charge_tokens, release_call, reserve_call
 from oobleck.lm.cache import ResponseCache, default_cache, request_key
 from oobleck.lm.usage import Usage, record_usage
 
@@ -149,6 +150,7 @@ class BaseLM(ABC):
         texts = [c.text for c in completions]
         self.usage.add(1, prompt_tokens, completion_tokens, 0)
         record_usage(1, prompt_tokens, completion_tokens, 0)
+        charge_tokens(self.budget_id, prompt_tokens, completion_tokens, billed=True)
         entry = {"messages": messages, "settings": settings, "outputs": texts, "cached": False, "seconds": round(time.perf_counter() - started, 4)}
         entry["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
         self.history.append(entry)
@@ -167,27 +169,39 @@ class BaseLM(ABC):
             return None
         self.usage.add(0, 0, 0, 1)
         record_usage(0, 0, 0, 1)
+        # A budget counts a hit like the call it replays, so a re-run stops where the first run did.
+        charge_tokens(self.budget_id, int(hit.get("prompt_tokens", 0) or 0), int(hit.get("completion_tokens", 0) or 0), billed=False)
         self.history.append({"messages": messages, "settings": settings, "outputs": hit["outputs"], "cached": True, "seconds": 0.0})
         return list(hit["outputs"])
 
     def __call__(self, messages: Sequence[Message], **overrides: Any) -> list[str]:
         """Completion texts for ``messages``, from the cache when the same request was made."""
         messages, settings, _, key = self._prepare(messages, overrides)
+        reserve_call(self.budget_id)
         hit = self._cached(messages, settings, key)
         if hit is not None:
             return hit
         started = time.perf_counter()
-        raw = self._with_retries(lambda: self.generate(messages, **settings))
+        try:
+            raw = self._with_retries(lambda: self.generate(messages, **settings))
+        except BaseException:
+            release_call()
+            raise
         return self._finish(messages, settings, raw, key, started)
 
     async def acall(self, messages: Sequence[Message], **overrides: Any) -> list[str]:
         """``__call__`` for asyncio code."""
         messages, settings, _, key = self._prepare(messages, overrides)
+        reserve_call(self.budget_id)
         hit = self._cached(messages, settings, key)
         if hit is not None:
             return hit
         started = time.perf_counter()
-        raw = await self._with_retries_async(lambda: self.agenerate(messages, **settings))
+        try:
+            raw = await self._with_retries_async(lambda: self.agenerate(messages, **settings))
+        except BaseException:
+            release_call()
+            raise
         return self._finish(messages, settings, raw, key, started)
 
     def _delay(self, attempt: int) -> float:
@@ -238,9 +252,14 @@ class BaseLM(ABC):
         """The last ``n`` calls: messages, settings, outputs, whether cached, usage."""
         return list(self.history)[-n:]
 
+    @property
+    def budget_id(self) -> str:
+        """The id prices are looked up by: ``provider/model``."""
+        return f"{self.provider}/{self.model}" if self.provider != "custom" else self.model
+
     def describe(self) -> dict[str, Any]:
         """What an artifact records about this LM: id and settings, never secrets."""
-        return {"model": f"{self.provider}/{self.model}" if self.provider != "custom" else self.model, "settings": self.public_settings()}
+        return {"model": self.budget_id, "settings": self.public_settings()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
