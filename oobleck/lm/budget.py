@@ -23,7 +23,7 @@ from typing import Any
 
 from oobleck.errors import BudgetExceeded, ConfigurationError
 
-__all__ = ["Budget", "Spend", "spending", "set_price", "price_of", "PRICES"]
+__all__ = ["PRICES", "Budget", "Spend", "price_of", "set_price", "spending"]
 
 logger = logging.getLogger("oobleck.lm.budget")
 

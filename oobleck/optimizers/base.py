@@ -23,7 +23,7 @@ from oobleck.example import Example
 from oobleck.lm.usage import Usage
 from oobleck.modules.module import Module
 
-__all__ = ["Candidate", "Optimizer", "data_fingerprint", "check_trainset"]
+__all__ = ["Candidate", "Optimizer", "check_trainset", "data_fingerprint"]
 
 logger = logging.getLogger("oobleck.optimizers")
 

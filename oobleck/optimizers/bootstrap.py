@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from oobleck.errors import OobleckError
+from oobleck.errors import BudgetExceeded, OobleckError
 from oobleck.evaluate.evaluate import _as_score
 from oobleck.evaluate.metrics import get_metric
 from oobleck.example import Example
@@ -18,7 +18,7 @@ from oobleck.modules.module import Module
 from oobleck.modules.trace import TraceEntry, trace
 from oobleck.optimizers.base import Candidate, Optimizer, check_trainset, demo_record
 
-__all__ = ["LabeledFewShot", "BootstrapFewShot", "bootstrap_candidate"]
+__all__ = ["BootstrapFewShot", "LabeledFewShot", "bootstrap_candidate"]
 
 logger = logging.getLogger("oobleck.optimizers.bootstrap")
 
@@ -98,6 +98,8 @@ def bootstrap_candidate(
         with trace() as entries:
             try:
                 prediction = runner(**example.inputs())
+            except BudgetExceeded:
+                raise
             except Exception as exc:  # noqa: BLE001 - a failed teacher run just yields no demo
                 logger.debug("teacher failed on an example: %s", exc)
                 return None

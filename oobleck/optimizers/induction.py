@@ -13,7 +13,7 @@ from typing import Any
 from oobleck.adapters.base import format_value
 from oobleck.signatures.signature import Signature, make_signature
 
-__all__ = ["INDUCTION_INSTRUCTION", "induction_signature", "examples_line"]
+__all__ = ["INDUCTION_INSTRUCTION", "examples_line", "induction_signature"]
 
 INDUCTION_INSTRUCTION = "Write the instruction that turns each input into its output."
 
