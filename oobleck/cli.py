@@ -59,7 +59,7 @@ def _import_reference(reference: str, what: str) -> Any:
         spec.loader.exec_module(module)
     except OobleckError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the user's file failed; say where
+    except Exception as exc:
         raise ConfigurationError(f"{what}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         sys.path.remove(str(path.resolve().parent))
@@ -150,28 +150,90 @@ def _score_table(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+_OPTIMIZERS = ("labeled", "bootstrap", "random", "bayesian", "copro", "knn", "reflective", "ensemble", "auto")
+_SESSION_OPTIMIZERS = ("bayesian", "copro", "reflective")
+
+
+def _make_optimizer(name: str, metric_fn: Callable[..., Any], *, trainset_size: int, devset_size: int | None, max_demos: int,
+                    num_candidates: int, trials: int, threads: int, seed: int, budget: Any, session: dict[str, Any]) -> Any:  # fmt: skip
+    from oobleck import optimizers as opt
+
+    if name == "auto":
+        return opt.auto(metric_fn, trainset_size=trainset_size, devset_size=devset_size, budget=budget, max_demos=max_demos,
+                        num_threads=threads, seed=seed, **session)  # fmt: skip
+    if name == "labeled":
+        return opt.LabeledFewShot(max_demos, seed=seed)
+    if name == "bootstrap":
+        return opt.BootstrapFewShot(metric_fn, max_demos=max_demos, num_threads=threads, seed=seed)
+    if name in ("random", "random_search"):
+        return opt.RandomSearch(metric_fn, max_demos=max_demos, num_candidates=num_candidates, num_threads=threads, seed=seed, display_progress=False)
+    if name == "bayesian":
+        return opt.Bayesian(metric_fn, num_trials=trials, max_demos=max_demos, num_threads=threads, seed=seed, budget=budget, **session)
+    if name == "copro" and hasattr(opt, "COPRO"):
+        return opt.COPRO(metric_fn, num_threads=threads, seed=seed, budget=budget, **session)
+    if name == "reflective" and hasattr(opt, "Reflective"):
+        return opt.Reflective(metric_fn, num_threads=threads, seed=seed, budget=budget, **session)
+    if name == "knn":
+        return opt.KNNFewShot(metric_fn, k=max_demos, num_threads=threads, seed=seed)
+    raise ConfigurationError(f"unknown optimizer {name!r}; choose one of {', '.join(_OPTIMIZERS)}")
+
+
+def _spawn_workers(count: int) -> list[Any]:
+    """``count`` more processes running this same command as trial-only workers on the shared study."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "oobleck.cli", *sys.argv[1:], "--worker"]
+    return [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for _ in range(count)]
+
+
+def _dry_run(opt: Any, student: Any, trainset: Any, devset: Any) -> None:
+    from oobleck.optimizers.estimate import estimate_compile
+
+    estimate = estimate_compile(opt, student, trainset, devset)
+    table = Table(title=f"{type(opt).__name__}: estimated spend (dry run: no LM was called)")
+    for column in ("phase", "LM calls", "prompt tokens", "completion tokens"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for row in estimate.phases:
+        table.add_row(row["phase"], str(row["calls"]), str(row["prompt_tokens"]), str(row["completion_tokens"]))
+    table.add_row("total", str(estimate.calls), str(estimate.prompt_tokens), str(estimate.completion_tokens), style="bold")
+    console.print(table)
+    cost = "unknown (no price for this LM; add one with ob.set_price)" if estimate.cost is None else f"${estimate.cost:.4f}"
+    console.print(f"estimated cost: {cost}")
+    console.print_json(json.dumps(estimate.to_dict()))
+
+
 @app.command()
 @_friendly
-def compile(  # noqa: A001 - the command's name
+def compile(
     program: str = typer.Argument(..., help="path/to/file.py:object (an ob.Module, or a function returning one)"),
     train: Path = typer.Option(..., "--train", help="training data (.jsonl, .json, .csv, .parquet)"),
     dev: Path = typer.Option(None, "--dev", help="dev data for scoring candidates and the before/after table"),
     test: Path = typer.Option(None, "--test", help="held-out data: scored before and after, never used to choose"),
     metric: str = typer.Option("exact_match", "--metric", help="built-in name or path/to/file.py:function"),
-    optimizer: str = typer.Option("bootstrap", "--optimizer", help="labeled | bootstrap | random"),
+    optimizer: str = typer.Option("bootstrap", "--optimizer", help=" | ".join(_OPTIMIZERS)),
     lm: str = typer.Option(None, "--lm", help="LM id, e.g. hf/oobleck-tiny or openai/gpt-4o-mini"),
     out: Path = typer.Option(..., "--out", help="artifact folder to write (e.g. qa.oobleck)"),
     inputs: str = typer.Option(None, "--inputs", help="input keys of the data, e.g. context,question"),
     max_demos: int = typer.Option(4, "--max-demos"),
     num_candidates: int = typer.Option(8, "--num-candidates", help="random search: bootstrapped candidates"),
+    trials: int = typer.Option(24, "--trials", help="bayesian: number of trials"),
     threads: int = typer.Option(8, "--threads"),
     seed: int = typer.Option(0, "--seed"),
+    budget_calls: int = typer.Option(None, "--budget-calls", help="stop after this many LM calls (cache hits count)"),
+    budget_tokens: int = typer.Option(None, "--budget-tokens", help="stop once this many tokens are spent"),
+    budget_cost: float = typer.Option(None, "--budget-cost", help="stop once this many USD are spent (see ob.set_price)"),
+    storage: str = typer.Option(None, "--storage", help="optuna storage: a file (.db = SQLite, else journal) or a URL such as postgresql://..."),
+    study: str = typer.Option(None, "--study", help="study name in the storage (default: derived from the compile's settings)"),
+    workers: int = typer.Option(1, "--workers", help="local worker processes sharing the study"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="continue the study left by an earlier run of this compile"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimated LM calls, tokens and cost, and stop"),
+    worker: bool = typer.Option(False, "--worker", hidden=True, help="run trials only (started by --workers)"),
 ) -> None:
     """Compile PROGRAM on --train (scored on --dev) and save the artifact to --out."""
     from oobleck.data import load_examples
     from oobleck.evaluate import Evaluate
+    from oobleck.lm.budget import Budget, spending
     from oobleck.lm.lm import LM
-    from oobleck.optimizers import BootstrapFewShot, LabeledFewShot, RandomSearch
 
     student = _program(program)
     if lm:
@@ -184,27 +246,47 @@ def compile(  # noqa: A001 - the command's name
     trainset = load_examples(train, keys)
     devset = load_examples(dev, keys) if dev else None
     testset = load_examples(test, keys) if test else None
-    if optimizer == "labeled":
-        opt: Any = LabeledFewShot(max_demos, seed=seed)
-    elif optimizer == "bootstrap":
-        opt = BootstrapFewShot(metric_fn, max_demos=max_demos, num_threads=threads, seed=seed)
-    elif optimizer in ("random", "random_search"):
-        opt = RandomSearch(metric_fn, max_demos=max_demos, num_candidates=num_candidates, num_threads=threads, seed=seed, display_progress=False)
-    else:
-        raise ConfigurationError(f"unknown optimizer {optimizer!r}; choose labeled, bootstrap or random")
-    err.print(f"compiling with {type(opt).__name__} on {len(trainset)} training examples")
-    with err.status(f"{type(opt).__name__} is searching"):
-        compiled = opt.compile(student, trainset=trainset, valset=devset)
-    if len(compiled.compile_info.get("candidates", [])) > 1:
-        console.print(_candidates_table(compiled.compile_info["candidates"]))
-    scores = compiled.compile_info.setdefault("scores", {})
-    rows = []
+    if workers < 1:
+        raise ConfigurationError("--workers must be >= 1")
+    budget = Budget(budget_calls, budget_tokens, budget_cost)
+    shared = storage is not None or workers > 1 or worker
+    session = {"storage": storage or out.parent / f"{out.name}.study.db", "study": study, "exclusive": not shared}
+    opt = _make_optimizer(optimizer, metric_fn, trainset_size=len(trainset), devset_size=len(devset) if devset else None,
+                          max_demos=max_demos, num_candidates=num_candidates, trials=trials, threads=threads, seed=seed,
+                          budget=budget, session=session)  # fmt: skip
+    if dry_run:
+        _dry_run(opt, student, trainset, devset)
+        return
+    resumable = hasattr(opt, "session")
+    if not resumable and (storage or workers > 1):
+        raise ConfigurationError(f"{type(opt).__name__} runs in one go; --storage and --workers apply to bayesian, copro and reflective")
+    if resumable and not resume and not worker:
+        _drop_study(session["storage"], opt, student, trainset, devset)
+    children = _spawn_workers(workers - 1) if resumable and workers > 1 and not worker else []
+    err.print(f"compiling with {type(opt).__name__} on {len(trainset)} training examples" + (f", {workers} workers" if children else ""))
+    try:
+        with err.status(f"{type(opt).__name__} is searching"), spending(None if resumable else budget) as spent:
+            compiled = opt.compile(student, trainset=trainset, valset=devset)
+    finally:
+        for child in children:
+            child.wait()
+    if worker:
+        err.print("worker finished its trials")
+        return
+    info = compiled.compile_info
+    if not resumable:
+        info.setdefault("spend", {k: v for k, v in spent.to_dict().items() if k != "billed_calls"})
+    scores = info.setdefault("scores", {})
+    rows, heldout = [], None
     for label, data in (("dev", devset), ("test", testset)):
         if data:
             scorer = Evaluate(devset=data, metric=metric_fn, num_threads=threads, display_progress=False)
             before, after = scorer(student), scorer(compiled)
             scores.update({f"{label}_before": before.score, f"{label}_after": after.score})
             rows.append((label, len(data), before, after))
+            heldout = (before, after)
+    if len(info.get("candidates", [])) > 1 and not resumable:
+        console.print(_candidates_table(info["candidates"]))
     if rows:
         table = Table(title=f"{type(opt).__name__}: score before and after compiling")
         for column in ("set", "examples", "before", "after", "gain"):
@@ -212,8 +294,47 @@ def compile(  # noqa: A001 - the command's name
         for label, n, before, after in rows:
             table.add_row(label, str(n), f"{before.percent:.1f}%", f"{after.percent:.1f}%", f"{after.percent - before.percent:+.1f} pts")
         console.print(table)
+    gain = None
+    if heldout is not None:
+        from oobleck.evaluate.significance import compare
+
+        gain = compare(*heldout, seed=seed)
+        info["heldout"] = gain.to_dict()
     path = compiled.save(out)
-    console.print(f"saved [bold]{path}[/]")
+    _write_report(opt, compiled, gain, path, spent, budget)
+    console.print(f"saved [bold]{path}[/] (report: {path / 'report.html'})")
+
+
+def _drop_study(storage: Any, opt: Any, student: Any, trainset: Any, devset: Any) -> None:
+    """--no-resume: delete this compile's study so the search starts over."""
+    import optuna
+
+    from oobleck.optimizers.session import open_storage
+
+    store = open_storage(storage)
+    names = {s.study_name for s in optuna.get_all_study_summaries(store)}
+    target = getattr(opt, "_study", None)
+    for name in names:
+        if (target and name == target) or (not target and name.startswith("oobleck-")):
+            optuna.delete_study(study_name=name, storage=store)
+
+
+def _write_report(opt: Any, compiled: Any, gain: Any, path: Path, spent: Any, budget: Any) -> None:
+    from oobleck.optimizers.report import CompileReport, print_summary, write_report
+
+    info = compiled.compile_info
+    extras = getattr(opt, "report_extras", None) or {}
+    session_spend = extras.get("spend") or spent.to_dict()
+    spend = {"calls": session_spend.get("calls", 0), "billed_calls": session_spend.get("billed_calls", 0),
+             "tokens": session_spend.get("prompt_tokens", 0) + session_spend.get("completion_tokens", 0), "cost": session_spend.get("cost", 0.0)}  # fmt: skip
+    candidates = [{"label": c.get("source", ""), "score": c.get("score"), "instructions": "", "demos": sum((c.get("demos") or {}).values())}
+                  for c in info.get("candidates", [])]  # fmt: skip
+    stopped = info.get("stopped")
+    report = CompileReport(optimizer=info.get("optimizer", type(opt).__name__), metric=str(info.get("metric") or ""), seed=info.get("seed"),
+                           settings=info.get("settings") or {}, trials=extras.get("trials") or [], candidates=candidates, spend=spend,
+                           budget=budget.to_dict(), stopped_at_cap=bool(stopped), stop_reason=stopped, heldout=gain)  # fmt: skip
+    write_report(report, path)
+    print_summary(report, err)
 
 
 @app.command()
@@ -248,7 +369,7 @@ def evaluate(
 @_friendly
 def run(
     artifact: Path = typer.Argument(..., help="artifact folder"),
-    input: list[str] = typer.Option([], "--input", "-i", help="an input as key=value (repeat for each field)"),  # noqa: A002
+    input: list[str] = typer.Option([], "--input", "-i", help="an input as key=value (repeat for each field)"),
     lm: str = typer.Option(None, "--lm", help="LM id (default: the one recorded in the artifact)"),
     program: str = typer.Option(None, "--program", help="path/to/file.py:object for artifacts of user Modules"),
     as_json: bool = typer.Option(False, "--json", help="print the outputs as JSON"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from pg_server import postgres_server, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL server)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

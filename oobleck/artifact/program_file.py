@@ -24,6 +24,8 @@ from oobleck.adapters import get_adapter
 from oobleck.errors import ArtifactError, OobleckError
 from oobleck.lm.base import BaseLM
 from oobleck.lm.cache import SECRET_KEYS
+from oobleck.modules.ensemble import REDUCERS, EnsembleProgram
+from oobleck.modules.knn import selector_from_dict, selector_to_dict
 from oobleck.modules.module import Module
 from oobleck.modules.predict import ChainOfThought, Predict
 from oobleck.signatures.signature import Signature
@@ -48,6 +50,7 @@ def _predictor_state(predictor: Predict) -> dict[str, Any]:
         "adapter": adapter_name,
         "config": to_jsonable({k: v for k, v in predictor.config.items() if str(k).lower() not in SECRET_KEYS}),
         "lm": lm.describe() if isinstance(lm, BaseLM) else None,
+        **({"demo_selector": selector_to_dict(predictor.demo_selector)} if predictor.demo_selector is not None else {}),
     }
 
 
@@ -67,6 +70,8 @@ def save_program(program: Module, path: str | os.PathLike[str], *, provenance: M
         "program": {"class": type(program).__name__, "predictors": {name: _predictor_state(p) for name, p in predictors}},
         "provenance": to_jsonable(dict(provenance or {})),
     }
+    if isinstance(program, EnsembleProgram):
+        document["program"]["ensemble"] = _ensemble_section(program, [name for name, _ in predictors])
     text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
     try:
         text.encode("utf-8")
@@ -173,6 +178,13 @@ def _validate(document: Any, file: Path) -> None:
             raise _fail(file, f"{where}: config must be an object")
         if state.get("lm") is not None and not isinstance(state.get("lm"), dict):
             raise _fail(file, f"{where}: lm must be an object")
+        if state.get("demo_selector") is not None:
+            try:
+                selector_from_dict(state["demo_selector"])
+            except ArtifactError as exc:
+                raise _fail(file, f"{where}: {exc}") from None
+    if "ensemble" in program:
+        _validate_ensemble(program, file)
     if not isinstance(document.get("provenance", {}), dict):
         raise _fail(file, "provenance must be an object")
 
@@ -203,7 +215,18 @@ def _build_predictor(state: dict[str, Any], name: str, file: Path) -> Predict:
     predictor.config = dict(state.get("config", {}))  # set after construction: a key such as "signature" is just a setting
     if state["kind"] == "ChainOfThought":
         predictor.__class__ = ChainOfThought  # the stored signature already holds the reasoning field
+    predictor.demo_selector = _demo_selector(state, name, file, signature)
     return predictor
+
+
+def _demo_selector(state: dict[str, Any], name: str, file: Path, signature: type[Signature]) -> Any:
+    """The predictor's saved per-call demo selector (e.g. kNN), or None; checked against its inputs."""
+    if state.get("demo_selector") is None:
+        return None
+    try:
+        return selector_from_dict(state["demo_selector"], list(signature.input_fields))
+    except ArtifactError as exc:
+        raise _fail(file, f"predictor {name!r}: {exc}") from None
 
 
 def load_program(path: str | os.PathLike[str], program: Module | None = None, *, lm: BaseLM | str | None = None) -> Module:
@@ -217,6 +240,9 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
     file = file / PROGRAM_FILE if file.is_dir() else file
     document = read_manifest(path)
     saved: dict[str, dict[str, Any]] = document["program"]["predictors"]
+    ensemble = document["program"].get("ensemble")
+    if ensemble is not None or isinstance(program, EnsembleProgram):
+        program, saved = _ensemble_to_load(program, ensemble, saved, document["program"].get("class", "Module"), file)
     if program is None:
         if len(saved) != 1:
             raise ArtifactError(
@@ -243,6 +269,7 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
             )
         # Check every predictor before changing any, so a bad file leaves the program as it was.
         planned = []
+        selectors = []
         for name, state in saved.items():
             predictor = own[name]
             signature = _signature(state, name, file)
@@ -253,13 +280,107 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
                 )
             adapter = _adapter(state, name, file) if predictor.adapter is None else predictor.adapter
             planned.append((predictor, signature.instructions, state.get("demos", []), adapter))
+            selectors.append((predictor, _demo_selector(state, name, file, signature)))
         for predictor, instructions, demos, adapter in planned:
             predictor.signature = predictor.signature.with_instructions(instructions)
             predictor.demos = [dict(d) for d in demos]
             predictor.adapter = adapter
+        for predictor, selector in selectors:
+            predictor.demo_selector = selector
     if lm is not None:
         from oobleck.lm.lm import LM
 
         result.set_lm(LM(lm) if isinstance(lm, str) else lm)
+    if ensemble is not None and isinstance(result, EnsembleProgram):  # the file's settings, once everything fitted
+        result.reducer, result.size, result.seed = ensemble["reducer"], ensemble.get("size"), ensemble.get("seed", 0)
     result.compile_info = document.get("provenance") or {}
     return result
+
+
+# -- ensembles ---------------------------------------------------------------------------------
+# An EnsembleProgram saves its members' predictors by dotted name ("members.0.step") like any
+# program, plus ``program.ensemble``: the reducer's registered name, member count, size, seed.
+
+
+def _member_index(name: str) -> int | None:
+    """``i`` for a predictor named ``members.i`` or ``members.i.<path>``, else ``None``."""
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[0] == "members" and parts[1].isdigit() and str(int(parts[1])) == parts[1]:
+        return int(parts[1])
+    return None
+
+
+def _ensemble_section(program: EnsembleProgram, names: list[str]) -> dict[str, Any]:
+    reducer = program.reducer_name
+    if reducer is None:
+        shown = getattr(program.reducer, "__name__", type(program.reducer).__name__)
+        raise ArtifactError(
+            f"cannot save this EnsembleProgram: its reducer {shown!r} is a function, and an artifact never names code to "
+            f"import; use a named reducer ({', '.join(sorted(REDUCERS))}) to save it, or save each member on its own"
+        )
+    outside = [n for n in names if _member_index(n) is None]
+    if outside:
+        raise ArtifactError(f"cannot save this {type(program).__name__}: predictors {outside} are not inside a member")
+    for i, member in enumerate(program.members):
+        if isinstance(member, EnsembleProgram):
+            raise ArtifactError(f"cannot save this EnsembleProgram: member {i} is itself an ensemble; save a flat ensemble instead")
+        if not any(_member_index(n) == i for n in names):
+            raise ArtifactError(f"cannot save this EnsembleProgram: member {i} ({type(member).__name__}) has no predictors of its own "
+                                "(does it share them with another member? build members with program.deepcopy())")  # fmt: skip
+    return {"reducer": reducer, "members": len(program.members), "size": program.size, "seed": program.seed,
+            "member_classes": [type(m).__name__ for m in program.members]}  # fmt: skip
+
+
+def _validate_ensemble(program: dict[str, Any], file: Path) -> None:
+    section = program["ensemble"]
+    if not isinstance(section, dict):
+        raise _fail(file, "'program.ensemble' must be an object")
+    reducer, count, size, seed = section.get("reducer"), section.get("members"), section.get("size"), section.get("seed", 0)
+    if not isinstance(reducer, str) or reducer not in REDUCERS:
+        raise _fail(file, f"ensemble reducer {reducer!r} is not a named reducer; known: {sorted(REDUCERS)}")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise _fail(file, f"ensemble 'members' must be a positive integer, not {count!r}")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= count):
+        raise _fail(file, f"ensemble size must be null or an integer from 1 to {count}, not {size!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise _fail(file, f"ensemble seed must be an integer, not {seed!r}")
+    classes = section.get("member_classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != count or not all(isinstance(c, str) for c in classes)):
+        raise _fail(file, f"ensemble 'member_classes' must list {count} class names")
+    indices = [_member_index(name) for name in program["predictors"]]
+    stray = [name for name, i in zip(program["predictors"], indices) if i is None or i >= count]
+    if stray:
+        raise _fail(file, f"ensemble of {count} members holds predictors {stray} outside 'members.0' .. 'members.{count - 1}'")
+    empty = sorted(set(range(count)) - set(indices))
+    if empty:
+        raise _fail(file, f"ensemble members {empty} have no saved predictors")
+
+
+def _ensemble_to_load(program: Module | None, section: dict[str, Any] | None, saved: dict[str, dict[str, Any]], saved_class: str,
+                      file: Path) -> tuple[Module, dict[str, dict[str, Any]]]:  # fmt: skip
+    """The EnsembleProgram to load an ensemble file into, and the saved predictors named to fit it.
+
+    The program passed may be an EnsembleProgram of the same size, one member program (copied
+    once per member) or nothing, when every member saved a single predictor.
+    """
+    if section is None:
+        raise ArtifactError(f"{file} holds a single {saved_class}, not an ensemble; load it into one member program, not an EnsembleProgram")
+    count = section["members"]
+    settings = {"size": section.get("size"), "seed": section.get("seed", 0)}
+    if isinstance(program, EnsembleProgram):
+        if len(program.members) != count:
+            raise ArtifactError(f"{file} holds an ensemble of {count} members but the EnsembleProgram passed has {len(program.members)}")
+        return program, saved
+    if program is not None:
+        if not isinstance(program, Module):
+            raise ArtifactError(f"program must be an ob.Module, not {type(program).__name__}")
+        return EnsembleProgram([program.deepcopy() for _ in range(count)], section["reducer"], **settings), saved
+    names = [[name for name in saved if _member_index(name) == i] for i in range(count)]
+    if any(len(member) != 1 for member in names):
+        raise ArtifactError(
+            f"{file} holds an ensemble of {count} programs with predictors {sorted(saved)}; pass one member program: "
+            "ob.load(path, program=MyProgram())"
+        )
+    members: list[Module] = [_build_predictor(saved[member[0]], member[0], file) for member in names]
+    renamed = {f"members.{i}": saved[member[0]] for i, member in enumerate(names)}
+    return EnsembleProgram(members, section["reducer"], **settings), renamed

@@ -2,5 +2,6 @@
 
 from oobleck.evaluate import metrics
 from oobleck.evaluate.evaluate import Evaluate, EvaluationResult, ExampleResult, TooManyErrors
+from oobleck.evaluate.significance import GainInterval, paired_bootstrap
 
-__all__ = ["Evaluate", "EvaluationResult", "ExampleResult", "TooManyErrors", "metrics"]
+__all__ = ["Evaluate", "EvaluationResult", "ExampleResult", "GainInterval", "TooManyErrors", "metrics", "paired_bootstrap"]

@@ -110,6 +110,13 @@ class BaseLM(ABC):
 
         return await asyncio.to_thread(self.generate, messages, **settings)
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``, for estimates (dry runs); ~4 characters a token unless a backend knows better."""
+        return (len(text) + 3) // 4
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        return sum(self.count_tokens(m["content"]) + 4 for m in messages)
+
     def cache_identity(self) -> dict[str, Any]:
         """What, besides messages and settings, makes two requests different."""
         return {"provider": self.provider, "model": self.model}

@@ -142,6 +142,13 @@ class HuggingFaceLM(LM):
             text = "\n\n".join(m["content"] for m in messages)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def count_tokens(self, text: str) -> int:
+        tokenizer, _ = self.load()
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self.prompt_ids(list(messages)))
+
     # -- generation --------------------------------------------------------------------------
 
     def generate(self, messages: list[Message], **settings: Any) -> Sequence[Completion]:

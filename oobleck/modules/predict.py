@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oobleck.adapters import Adapter, get_adapter
 from oobleck.errors import ConfigurationError, InputError
@@ -23,6 +23,9 @@ from oobleck.signatures.field import OutputField
 from oobleck.signatures.signature import Signature, ensure_signature
 from oobleck.signatures.types import check_input, type_to_str
 
+if TYPE_CHECKING:
+    from oobleck.modules.knn import DemoSelector
+
 __all__ = ["Predict", "ChainOfThought"]
 
 _CALL_OPTIONS = {"demos", "config", "lm"}
@@ -32,6 +35,7 @@ class Predict(Module):
     """One LM call shaped by a signature: ``Predict("question -> answer")(question=...)``."""
 
     kind = "Predict"
+    demo_selector: DemoSelector | None = None  # when set, picks each call's demos from its inputs (e.g. kNN) instead of ``demos``
 
     def __init__(self, signature: str | type[Signature], *, lm: BaseLM | None = None, adapter: str | Adapter | None = None,
                  demos: Sequence[Mapping[str, Any]] | None = None, **config: Any):  # fmt: skip
@@ -91,7 +95,10 @@ class Predict(Module):
         lm = self.resolve_lm(options.get("lm"))
         demos = options.get("demos", self.demos)
         settings = {**self.config, **options.get("config", {})}
-        return self.check_inputs(kwargs), demos, settings, lm
+        inputs = self.check_inputs(kwargs)
+        if self.demo_selector is not None and "demos" not in options:
+            demos = self.demo_selector.select(inputs)
+        return inputs, demos, settings, lm
 
     def _prediction(self, inputs: dict[str, Any], outputs: list[dict[str, Any]]) -> Prediction:
         prediction = Prediction(outputs[0]) if len(outputs) == 1 else Prediction.from_completions(outputs)

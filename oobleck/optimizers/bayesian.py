@@ -16,6 +16,7 @@ draws what the uninterrupted run drew.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -73,6 +74,32 @@ class Bayesian(Optimizer):
         out.pop("session", None)
         out["proposer"] = self._proposer.settings()
         return out
+
+    def plan(self, program: Module, n_train: int, n_dev: int) -> list[Any]:
+        """Program runs per phase, for dry runs.
+
+        Assumes 40% of teacher runs pass the metric (runs go in chunks of 2 x threads), a
+        quarter of proposals repeat an earlier one and are asked again, no trial is pruned,
+        and the periodic and final full evaluations share one candidate.
+        """
+        from oobleck.optimizers.estimate import Phase
+
+        chunk = 2 * max(1, self.num_threads)
+        bootstraps = max(0, self.num_demo_sets - 2)
+        needed = math.ceil(self.max_demos / 0.4)
+        teacher_runs = min(max(n_train - self.max_demos, 1), chunk * math.ceil(needed / chunk))
+        sizes = [0, self.max_demos] + [self.max_demos] + [(1 + self.max_demos) / 2] * max(0, bootstraps - 1)
+        mean_demos = sum(sizes[: max(self.num_demo_sets, 1)]) / max(min(len(sizes), self.num_demo_sets), 1)
+        periodic = (self.num_trials - 1) // self.full_eval_every if self.full_eval_every > 0 else 0
+        full = min(self.num_trials, max(self.num_final, self.num_final + periodic - 1))
+        extra = 0 if self._proposer.style == "induction" else 150
+        return [
+            Phase("bootstrap demo sets", bootstraps * teacher_runs, demos=self.max_demos),
+            Phase("instruction proposals", 1.25 * max(0, self.num_instructions - 1), demos=4, extra_prompt=extra),
+            Phase("baseline on dev", n_dev),
+            Phase("trials (minibatches)", self.num_trials * min(self.minibatch_size, n_dev), demos=mean_demos),
+            Phase("full dev evaluations", full * n_dev, demos=mean_demos),
+        ]
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -179,12 +206,12 @@ class Bayesian(Optimizer):
             chosen = Candidate.from_program(program, source="program (nothing was scored within the budget)")
         compiled = chosen.apply(program)
         scores.update(best=chosen.score, chosen=chosen.source, full_scores=full_scores)
-        candidates = [Candidate(source=r.label, score=r.score, cost=r.spend) for r in session.records()]
+        candidates = [Candidate(source=r.label, score=r.score, cost=_logical(r.spend)) for r in session.records()]
         info = self._provenance(program, seed=self.seed, trainset=trainset, valset=valset, scores=scores, candidates=candidates,
                                 usage=_usage_of(session), metric=self.metric)  # fmt: skip
-        info.update(spend=session.spend.to_dict(), budget=session.budget.to_dict(), stopped=session.stopped, study=session.study_name,
-                    trials=[r.to_dict() for r in session.records()], replayed_trials=session.replayed)  # fmt: skip
+        info.update(session.provenance())
         compiled.compile_info = info
+        self.report_extras = session.report_extras()
         return compiled
 
     def _search(self, session: CompileSession, program: Module, setup: dict[str, Any], names: list[str],
@@ -219,6 +246,8 @@ class Bayesian(Optimizer):
             score = session.run(trial, candidate.source, self._trial_work(program, candidate, batch), key=candidate_key(trial.params))
             logger.info("trial %d (%s): %.3f", index, candidate.source, score)
             index += 1
+        if not session.exclusive:
+            session.wait_for_others()
         self._maybe_full_eval(session, program, setup, names, valset, self.num_trials)
 
     def _ranked(self, session: CompileSession, before: int | None = None) -> list[tuple[float, int, dict[str, Any]]]:
@@ -276,8 +305,13 @@ def _derive(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 7919) % (2**31 - 1)
 
 
+def _logical(spend: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spend.items() if k != "billed_calls"}
+
+
 def _usage_of(session: CompileSession) -> Any:
+    """Logical usage (cache hits counted as calls): the same for a resumed and an uninterrupted run."""
     from oobleck.lm.usage import Usage
 
     spend = session.spend
-    return Usage(spend.calls, spend.prompt_tokens, spend.completion_tokens, spend.calls - spend.billed_calls)
+    return Usage(spend.calls, spend.prompt_tokens, spend.completion_tokens, 0)

@@ -242,6 +242,8 @@ class CompileSession:
             self.study.sampler = sampler
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # The heartbeat works with ask-and-tell too; stale trials are failed above.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
             trial = self.study.ask(dict(distributions or {}))
         trial.set_user_attr("index", index)
         return trial
@@ -293,8 +295,31 @@ class CompileSession:
                                    full_score=t.user_attrs.get("full_score")))  # fmt: skip
         return sorted(out, key=lambda r: (r.index, r.number))
 
-    def describe_stop(self) -> str | None:
-        return self.stopped
+    def wait_for_others(self, poll_s: float = 0.5) -> None:
+        """Block until no trial of the study is running (other workers finish theirs, or die and go stale)."""
+        import optuna
+
+        while True:
+            running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if not running:
+                return
+            if hasattr(self.study._storage, "get_heartbeat_interval"):
+                optuna.storages.fail_stale_trials(self.study)
+            time.sleep(poll_s)
+
+    def provenance(self) -> dict[str, Any]:
+        """What the artifact records about the search: deterministic for a seed and a cache.
+
+        Timings, billed calls and how many trials were replayed vary between an uninterrupted
+        and a resumed run, so they go to the report, not into program.json.
+        """
+        spend = {k: v for k, v in self.spend.to_dict().items() if k != "billed_calls"}
+        trials = [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in self.records()]
+        return {"spend": spend, "budget": self.budget.to_dict(), "stopped": self.stopped, "study": self.study_name, "trials": trials}
+
+    def report_extras(self) -> dict[str, Any]:
+        return {"trials": [r.to_dict() for r in self.records()], "spend": self.spend.to_dict(), "replayed_trials": self.replayed,
+                "budget": self.budget.to_dict(), "stopped": self.stopped}  # fmt: skip
 
 
 def _is_storage(value: Any) -> bool:
