@@ -162,10 +162,13 @@ class Bayesian(Optimizer):
         attr = f"oobleck.full.{key}"
         stored = session.study.user_attrs.get(attr)
         if stored is not None:
-            session.spend.add(stored["spend"])
+            if attr not in session.charged:  # spent by an earlier run (or worker): it counts once
+                session.charged.add(attr)
+                session.spend.add(stored["spend"])
             return float(stored["score"])
         with spending() as spent:
             score = self._evaluate(candidate.apply(program), valset)
+        session.charged.add(attr)
         session.study.set_user_attr(attr, {"score": score, "spend": spent.to_dict(), "label": candidate.source})
         return score
 

@@ -67,12 +67,20 @@ def open_storage(spec: str | os.PathLike[str] | None) -> Any:
     engine_kwargs: dict[str, Any] = {}
     if spec.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers write to one file
-    try:
-        return optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs, heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S)
-    except ImportError as exc:
-        raise ConfigurationError(f"the storage {_redact(spec)} needs a database driver: {exc} (for PostgreSQL: pip install 'oobleck[postgres]')") from None
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy's errors name the URL's problem; say which storage failed
-        raise ConfigurationError(f"cannot open the optuna storage {_redact(spec)}: {type(exc).__name__}: {exc}") from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs, heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S)
+        except ImportError as exc:
+            raise ConfigurationError(f"the storage {_redact(spec)} needs a database driver: {exc} (for PostgreSQL: pip install 'oobleck[postgres]')") from None
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy's errors name the URL's problem; say which storage failed
+            # Workers starting together race to create the tables: the loser finds them made.
+            if any(s in str(exc) for s in ("already exists", "UNIQUE constraint", "duplicate key")) and attempt < 4:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ConfigurationError(f"cannot open the optuna storage {_redact(spec)}: {type(exc).__name__}: {exc}") from None
+    raise AssertionError("unreachable")
 
 
 def _redact(url: str) -> str:
@@ -130,6 +138,7 @@ class CompileSession:
         self.spend = Spend()
         self.stopped: str | None = None
         self.replayed = 0
+        self.charged: set[str] = set()  # stored results whose spend this run has already counted
         self._scope: Any = None
         self._study: optuna.Study | None = None
 
@@ -236,8 +245,8 @@ class CompileSession:
         """A new trial for loop step ``index`` (params drawn by ``sampler`` from ``distributions``)."""
         import optuna
 
-        if self.storage_spec is not None and not self.exclusive and hasattr(self.study._storage, "get_heartbeat_interval"):
-            optuna.storages.fail_stale_trials(self.study)
+        if not self.exclusive:
+            self._fail_stale()
         if sampler is not None:
             self.study.sampler = sampler
         with warnings.catch_warnings():
@@ -295,6 +304,15 @@ class CompileSession:
                                    full_score=t.user_attrs.get("full_score")))  # fmt: skip
         return sorted(out, key=lambda r: (r.index, r.number))
 
+    def _fail_stale(self) -> None:
+        """Fail trials whose worker stopped sending heartbeats (it died), so they are redone."""
+        import optuna
+
+        if hasattr(self.study._storage, "get_heartbeat_interval") and self.study._storage.get_heartbeat_interval():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
+
     def wait_for_others(self, poll_s: float = 0.5) -> None:
         """Block until no trial of the study is running (other workers finish theirs, or die and go stale)."""
         import optuna
@@ -303,8 +321,7 @@ class CompileSession:
             running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             if not running:
                 return
-            if hasattr(self.study._storage, "get_heartbeat_interval"):
-                optuna.storages.fail_stale_trials(self.study)
+            self._fail_stale()
             time.sleep(poll_s)
 
     def provenance(self) -> dict[str, Any]:
@@ -314,7 +331,8 @@ class CompileSession:
         and a resumed run, so they go to the report, not into program.json.
         """
         spend = {k: v for k, v in self.spend.to_dict().items() if k != "billed_calls"}
-        trials = [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in self.records()]
+        # optuna's trial numbers count the trial a crash interrupted; the step index does not.
+        trials = [{k: v for k, v in r.to_dict().items() if k not in ("seconds", "number")} for r in self.records()]
         return {"spend": spend, "budget": self.budget.to_dict(), "stopped": self.stopped, "study": self.study_name, "trials": trials}
 
     def report_extras(self) -> dict[str, Any]:

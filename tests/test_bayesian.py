@@ -1,0 +1,158 @@
+"""Bayesian search: finds the instruction, honours budgets, estimates its spend, resumes, distributes, reproduces."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+import oobleck as ob
+from oobleck.lm.cache import ResponseCache
+from oobleck.optimizers.estimate import estimate_compile
+from support import InstructionSensitiveLM, doubling_dataset
+
+DATA = doubling_dataset(range(60))
+TRAIN, DEV = DATA[:30], DATA[30:]
+WORKER = Path(__file__).parent / "bayes_worker.py"
+
+
+def _bayesian(**kwargs):
+    settings = {"num_trials": 10, "minibatch_size": 10, "num_threads": 2, "seed": 3, **kwargs}
+    return ob.optimizers.Bayesian("exact_match", **settings)
+
+
+def _program(lm):
+    return ob.Predict("question -> answer", lm=lm)
+
+
+def _manifest(folder: Path) -> dict:
+    document = json.loads((folder / "program.json").read_text())
+    document.pop("created_at")  # the one field that holds a timestamp
+    return document
+
+
+def test_finds_the_instruction_and_records_the_search():
+    lm = InstructionSensitiveLM()
+    compiled = _bayesian().compile(_program(lm), trainset=TRAIN, valset=DEV)
+    assert "twice" in compiled.signature.instructions
+    info = compiled.compile_info
+    assert info["scores"]["baseline"] == pytest.approx(0.5)
+    assert info["scores"]["best"] == pytest.approx(1.0)
+    assert len(info["trials"]) == 10 and {t["index"] for t in info["trials"]} == set(range(10))
+    assert info["spend"]["calls"] == lm.calls and info["stopped"] is None
+
+
+def test_budget_cap_is_honoured_to_the_call_and_keeps_the_best_so_far():
+    unlimited = InstructionSensitiveLM()
+    _bayesian().compile(_program(unlimited), trainset=TRAIN, valset=DEV)
+    cap = unlimited.calls // 2
+    lm = InstructionSensitiveLM()
+    compiled = _bayesian(budget=ob.Budget(max_lm_calls=cap)).compile(_program(lm), trainset=TRAIN, valset=DEV)
+    assert lm.calls <= cap
+    info = compiled.compile_info
+    assert info["spend"]["calls"] == lm.calls
+    assert "max_lm_calls" in info["stopped"]
+    assert 0 < len(info["trials"]) < 10
+    assert info["scores"]["best"] is not None  # the best of what was scored, not nothing
+
+
+def test_dry_run_estimate_is_within_20_percent_of_the_real_spend():
+    optimizer = _bayesian(num_trials=12)
+    estimate = estimate_compile(optimizer, _program(InstructionSensitiveLM()), TRAIN, DEV)
+    lm = InstructionSensitiveLM()
+    spent = optimizer.compile(_program(lm), trainset=TRAIN, valset=DEV).compile_info["spend"]
+    assert lm.calls == spent["calls"]
+    assert abs(estimate.calls - spent["calls"]) <= 0.2 * spent["calls"], (estimate.to_dict(), spent)
+
+
+def test_same_seed_gives_a_byte_identical_artifact(tmp_path):
+    for name in ("a", "b"):
+        lm = InstructionSensitiveLM()
+        _bayesian().compile(_program(lm), trainset=TRAIN, valset=DEV).save(tmp_path / name)
+    assert _manifest(tmp_path / "a") == _manifest(tmp_path / "b")
+    first, second = ((tmp_path / n / "program.json").read_text().splitlines() for n in ("a", "b"))
+    assert all('"created_at"' in a for a, b in zip(first, second, strict=True) if a != b)
+
+
+def test_a_finished_study_replays_from_storage_without_lm_calls(tmp_path):
+    storage = tmp_path / "study.db"
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    first_lm = InstructionSensitiveLM(cache=cache)
+    _bayesian(storage=storage).compile(_program(first_lm), trainset=TRAIN, valset=DEV).save(tmp_path / "first")
+    again_lm = InstructionSensitiveLM(cache=cache)
+    again = _bayesian(storage=storage).compile(_program(again_lm), trainset=TRAIN, valset=DEV)
+    again.save(tmp_path / "again")
+    assert again_lm.calls == 0  # setup from the cache, trials and full scores from the study
+    assert _manifest(tmp_path / "first") == _manifest(tmp_path / "again")
+
+
+def test_a_study_of_another_compile_is_refused(tmp_path):
+    storage = tmp_path / "study.db"
+    _bayesian(storage=storage, study="shared-name").compile(_program(InstructionSensitiveLM()), trainset=TRAIN, valset=DEV)
+    with pytest.raises(ob.ConfigurationError, match="different compile"):
+        _bayesian(storage=storage, study="shared-name", num_trials=11).compile(_program(InstructionSensitiveLM()), trainset=TRAIN, valset=DEV)
+
+
+def _finished(storage: str, study: str | None = None) -> list:
+    summaries = optuna.get_all_study_summaries(storage)
+    if not summaries:
+        return []
+    name = study or summaries[0].study_name
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return optuna.load_study(study_name=name, storage=storage).get_trials(states=states)
+
+
+@pytest.mark.slow
+def test_kill_9_then_the_same_command_resumes_to_the_same_artifact(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    command = [sys.executable, str(WORKER), str(tmp_path / "study.db"), str(tmp_path / "resumed"), "--cache", str(tmp_path), "--delay", "0.01"]
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            if len(_finished(url)) >= 3:
+                break
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            continue
+    assert process.poll() is None, "the compile finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = len(_finished(url))
+    assert 3 <= done_before < 10
+    assert subprocess.run(command, timeout=300).returncode == 0
+    clean = [sys.executable, str(WORKER), str(tmp_path / "clean.db"), str(tmp_path / "clean"), "--cache", str(tmp_path / "fresh")]
+    (tmp_path / "fresh").mkdir()
+    assert subprocess.run(clean, timeout=300).returncode == 0
+    assert _manifest(tmp_path / "resumed") == _manifest(tmp_path / "clean")
+    assert len(_finished(url)) == 10
+
+
+def _two_workers(storage: str, tmp_path: Path) -> None:
+    command = [sys.executable, str(WORKER), storage, "", "--cache", str(tmp_path), "--study", "shared", "--shared", "--trials", "12"]
+    workers = [subprocess.Popen([*command[:3], str(tmp_path / f"out{i}"), *command[4:]]) for i in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0
+    study = optuna.load_study(study_name="shared", storage=storage)
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    indices = sorted(t.user_attrs["index"] for t in finished)
+    assert indices == list(range(12))  # every step once: none duplicated, none lost
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert _manifest(tmp_path / "out0")["program"] == _manifest(tmp_path / "out1")["program"]
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    _two_workers(f"sqlite:///{tmp_path / 'shared.db'}", tmp_path)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgresql_study(postgres_server, tmp_path):
+    _two_workers(postgres_server.create_database("bayes_workers"), tmp_path)
