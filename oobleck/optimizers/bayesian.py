@@ -72,6 +72,7 @@ class Bayesian(Optimizer):
     def settings(self) -> dict[str, Any]:
         out = super().settings()
         out.pop("session", None)
+        out.pop("report_extras", None)
         out["proposer"] = self._proposer.settings()
         return out
 
@@ -287,6 +288,7 @@ class Bayesian(Optimizer):
         options += [(candidate_key(params), params) for _, _, params in self._ranked(session)[: self.num_final]]
         full_scores: dict[str, float] = {}
         best: Candidate | None = None
+        ranked = self._ranked(session)
         for key, params in options:
             candidate = self._candidate(setup, params, names)
             try:
@@ -301,6 +303,14 @@ class Bayesian(Optimizer):
             candidate.score = score
             if best is None or score > (best.score or 0.0):
                 best = candidate
+        if ranked and len(full_scores) <= 1 and session.stopped:
+            # The budget ran out before any searched candidate got a full score: trust the
+            # minibatches over falling back to the unoptimized program.
+            mean, _, params = ranked[0]
+            top = self._candidate(setup, params, names)
+            if best is None or mean > (best.score or 0.0):
+                top.score = mean
+                best = top
         return best, full_scores
 
 

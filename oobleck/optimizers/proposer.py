@@ -90,7 +90,7 @@ def _describe_step(name: str, predictor: Predict) -> str:
     return "\n".join(parts)
 
 
-def _examples_text(signature: type[Signature], demos: Sequence[Mapping[str, Any]], limit: int = 6) -> str:
+def _examples_text(signature: type[Signature], demos: Sequence[Mapping[str, Any]], limit: int = 10) -> str:
     rows = []
     for demo in list(demos)[:limit]:
         ins = ", ".join(f"{n}={format_value(demo[n])!r}" for n in signature.input_fields if n in demo)
@@ -169,7 +169,11 @@ class InstructionProposer:
                 demos = sets[attempt % len(sets)] if sets else rng.sample(labeled, min(4, len(labeled)))
                 if len(demos) < 2:
                     demos = demos + rng.sample(labeled, min(4, len(labeled)))
-                demos = demos[:6]
+                if style == "meta":  # a capable LM reads more: ground it in up to 10 worked examples
+                    extra = [d for d in rng.sample(labeled, min(10, len(labeled))) if d not in demos]
+                    demos = (list(demos) + extra)[:10]
+                else:
+                    demos = demos[:6]
                 settings = {"temperature": self.temperature if attempt else 0.0, "rollout_id": f"propose-{name}-{self.seed}-{attempt}"}
                 try:
                     if style == "induction":

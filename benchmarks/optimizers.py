@@ -1,0 +1,310 @@
+"""Optimizers side by side: oobleck vs DSPy on one task, one simulated LM server, one metric.
+
+What it measures: for each optimizer, the held-out (test) score of the compiled program, the
+LM calls and tokens the compile spent (counted by the server, so both frameworks are measured
+the same way; test-set calls are not included) and its wall time.
+
+* DSPy (3.x): ``BootstrapFewShot``, ``BootstrapFewShotWithRandomSearch`` and
+  ``MIPROv2(auto="light")``, through ``dspy.LM("openai/sim", api_base=..., cache=False)``.
+* oobleck: ``BootstrapFewShot``, ``RandomSearch`` and ``Bayesian``, through
+  ``ob.LM("openai/sim", base_url=..., cache=False)``.
+
+Both use 4 demos at most, 8 threads, the same train/dev/test split (50/100/200), the same
+exact-match metric and the same starting program: ``sentence -> animal`` with the instruction
+"Name the animal in the sentence.". RandomSearch gets 8 bootstrapped candidates on each side
+(plus each framework's zero-shot, labeled and unshuffled baselines). MIPROv2 light runs with
+its defaults (6 demo sets, 3 instruction candidates, 10 trials, minibatches of 35) and runs
+first; its measured call count then caps Bayesian's budget at half of it
+(``ob.Budget(max_lm_calls=...)``), and Bayesian's settings (``BAYESIAN`` below) are chosen to
+fit inside that cap.
+
+The LM: no real LLM is available offline, so the server (oobleck's loopback
+``OpenAITestServer``, in this process) answers with ``benchmarks/_sim_lm.py``, a deterministic
+simulated model whose accuracy depends on the prompt: it answers the "which animal?" task well
+only when the prompt names the rule (the animal acted upon) and somewhat better with worked
+examples; asked to write an instruction or describe the data, it names the rule with a
+probability that grows with the worked examples it is shown. Its rules are in that module's
+docstring; it sees only the request's messages, never which framework sent them. Caches are
+off on both sides (``cache=False`` and DSPy's ``configure_cache`` off), so every call reaches
+the server.
+
+Every seed (``--seeds``) draws a fresh data split, simulated-LM seed and optimizer seed; the
+table shows means over seeds, and the JSON has every run. The gain of oobleck's best optimizer
+over MIPROv2 light comes with a paired bootstrap 95% interval over (seed, test example) pairs.
+
+Target: our best optimizer reaches a higher held-out score than MIPROv2 light with at most
+half of its LM calls.
+
+    python benchmarks/optimizers.py [--seeds 0 1 2 3 4] [--latency 0.02] [--only oobleck:Bayesian ...] [--no-cap]
+
+``--only`` takes framework:optimizer names (MIPROv2 light always runs, as it sets the cap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import random
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from _common import console, load_note, verdict, write_result
+from _sim_lm import INPUT, INSTRUCTION, KEY, OUTPUT, SimulatedLM, is_correct, make_examples
+from rich.table import Table
+
+from oobleck.testing.server import OpenAITestServer
+
+SPLIT = (50, 100, 200)  # train, dev, test
+THREADS = 8
+MAX_DEMOS = 4
+RS_CANDIDATES = 8
+# Bayesian's settings, fixed before the measured runs: its fixed costs are two full dev
+# evaluations (the baseline and the winner: 200 calls on a 100-example dev set) and a setup (2
+# bootstraps of about 16 calls each, 5 instruction proposals); 8 trials on minibatches of 10
+# bring it to about 320 calls, under half of MIPROv2 light's (about 680 here). The budget cap
+# (half of MIPROv2's measured calls) is a guard that a normal run does not reach.
+BAYESIAN = {"num_trials": 8, "num_instructions": 6, "num_demo_sets": 4, "minibatch_size": 10, "full_eval_every": 0, "num_final": 1}
+MIPRO = ("DSPy", "MIPROv2 light")
+
+logger = logging.getLogger("benchmarks.optimizers")
+
+
+# -- data and metric -------------------------------------------------------------------------
+
+
+def split(seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]], list[dict[str, str]]]:
+    rows = make_examples(sum(SPLIT), seed)
+    a, b = SPLIT[0], SPLIT[0] + SPLIT[1]
+    return rows[:a], rows[a:b], rows[b:]
+
+
+def metric(example: Any, prediction: Any, trace: Any = None) -> bool:
+    return is_correct(getattr(prediction, OUTPUT, ""), example[OUTPUT])
+
+
+# -- the two frameworks ----------------------------------------------------------------------
+# A runner compiles one optimizer and returns (compiled program, evaluate(program, rows) ->
+# per-example correctness, describe(program) -> (instruction, number of demos)).
+
+Rows = list[dict[str, str]]
+Runner = Callable[[str, int, tuple[Rows, ...], int | None], tuple[Any, Callable[[Any, Rows], list[bool]], Callable[[Any], tuple[str, int]]]]
+
+
+def dspy_runner(url: str) -> Runner:
+    import dspy
+
+    logging.getLogger("dspy").setLevel(logging.ERROR)
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    lm = dspy.LM("openai/sim", api_base=url + "/v1", api_key="x", cache=False)
+    dspy.configure(lm=lm)
+
+    def examples(rows: list[dict[str, str]]) -> list[Any]:
+        return [dspy.Example(**r).with_inputs(INPUT) for r in rows]
+
+    def evaluate(program: Any, rows: list[dict[str, str]]) -> list[bool]:
+        result = dspy.Evaluate(devset=examples(rows), metric=metric, num_threads=THREADS, display_progress=False, max_errors=len(rows) + 1)(
+            program
+        )
+        by_input = {ex[INPUT]: bool(score) for ex, _, score in result.results}
+        return [by_input.get(r[INPUT], False) for r in rows]
+
+    def describe(program: Any) -> tuple[str, int]:
+        predictor = program.predictors()[0]
+        return predictor.signature.instructions, len(predictor.demos)
+
+    def run(name: str, seed: int, data: tuple[list[dict[str, str]], ...], cap: int | None) -> tuple[Any, Any, Any]:
+        from dspy.teleprompt import BootstrapFewShot, BootstrapFewShotWithRandomSearch, MIPROv2
+
+        train, dev = examples(data[0]), examples(data[1])
+        program = dspy.Predict(dspy.Signature(f"{INPUT} -> {OUTPUT}", INSTRUCTION))
+        if name == "BootstrapFewShot":
+            compiled = BootstrapFewShot(metric=metric, max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS).compile(
+                program, trainset=train
+            )
+        elif name == "RandomSearch":
+            optimizer = BootstrapFewShotWithRandomSearch(metric=metric, max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=MAX_DEMOS,
+                                                         num_candidate_programs=RS_CANDIDATES, num_threads=THREADS)  # fmt: skip
+            compiled = optimizer.compile(program, trainset=train, valset=dev)
+        elif name == "MIPROv2 light":
+            optimizer = MIPROv2(metric=metric, auto="light", num_threads=THREADS, seed=seed, verbose=False)
+            compiled = optimizer.compile(program, trainset=train, valset=dev)
+        else:
+            raise ValueError(name)
+        return compiled, evaluate, describe
+
+    return run
+
+
+def oobleck_runner(url: str) -> Runner:
+    import oobleck as ob
+    from oobleck.optimizers.bayesian import Bayesian
+
+    lm = ob.LM("openai/sim", base_url=url + "/v1", api_key="x", cache=False)
+
+    def examples(rows: list[dict[str, str]]) -> list[Any]:
+        return [ob.Example(**r).with_inputs(INPUT) for r in rows]
+
+    def evaluate(program: Any, rows: list[dict[str, str]]) -> list[bool]:
+        result = ob.Evaluate(devset=examples(rows), metric=metric, num_threads=THREADS, display_progress=False)(program)
+        return [bool(r.score) for r in result.results]
+
+    def describe(program: Any) -> tuple[str, int]:
+        predictor = next(p for _, p in program.named_predictors())
+        return predictor.signature.instructions, len(predictor.demos)
+
+    def run(name: str, seed: int, data: tuple[list[dict[str, str]], ...], cap: int | None) -> tuple[Any, Any, Any]:
+        train, dev = examples(data[0]), examples(data[1])
+        program = ob.Predict(ob.make_signature(f"{INPUT} -> {OUTPUT}", INSTRUCTION), lm=lm)
+        if name == "BootstrapFewShot":
+            compiled = ob.optimizers.BootstrapFewShot(metric, max_demos=MAX_DEMOS, num_threads=THREADS, seed=seed).compile(
+                program, trainset=train
+            )
+        elif name == "RandomSearch":
+            optimizer = ob.optimizers.RandomSearch(metric, num_candidates=RS_CANDIDATES, max_demos=MAX_DEMOS, num_threads=THREADS, seed=seed,
+                                                   display_progress=False)  # fmt: skip
+            compiled = optimizer.compile(program, trainset=train, valset=dev)
+        elif name == "Bayesian":
+            budget = ob.Budget(max_lm_calls=cap) if cap else None
+            optimizer = Bayesian(metric, **BAYESIAN, max_demos=MAX_DEMOS, num_threads=THREADS, budget=budget, seed=seed)
+            compiled = optimizer.compile(program, trainset=train, valset=dev)
+        else:
+            raise ValueError(name)
+        return compiled, evaluate, describe
+
+    return run
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def measure(server: OpenAITestServer, sim: SimulatedLM, runner: Runner, name: str, seed: int,
+            data: tuple[list[dict[str, str]], ...], cap: int | None = None) -> dict[str, Any]:  # fmt: skip
+    sim.seed = seed
+    server.reset_counts()
+    sim.reset_counts()
+    start = time.perf_counter()
+    # DSPy prints progress bars of its own; the table says what matters.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        compiled, evaluate, describe = runner(name, seed, data, cap)
+    wall = time.perf_counter() - start
+    stats, kinds = server.stats(), dict(sim.kinds)
+    sim.reset_counts()
+    correct = evaluate(compiled, data[2])
+    instruction, demos = describe(compiled)
+    return {
+        "seed": seed, "test_score": sum(correct) / len(correct), "test_correct": correct,
+        "compile_calls": stats["requests"], "prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["completion_tokens"],
+        "tokens": stats["prompt_tokens"] + stats["completion_tokens"], "calls_by_kind": kinds, "wall_s": wall,
+        "instruction": instruction, "names_rule": bool(KEY.search(instruction)), "demos": demos, "budget_cap": cap,
+    }  # fmt: skip
+
+
+def paired_bootstrap(a: list[bool], b: list[bool], rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b and its 95% percentile interval, resampling pairs."""
+    diffs = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(rounds))
+    return sum(diffs) / n, means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds the server waits before each answer")
+    parser.add_argument("--only", nargs="+", help="run only these, as framework:optimizer (e.g. oobleck:Bayesian)")
+    parser.add_argument("--no-cap", action="store_true", help="run Bayesian without its budget cap (half of MIPROv2 light's calls)")
+    args = parser.parse_args()
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.ERROR)
+
+    plan = [("DSPy", "MIPROv2 light"), ("DSPy", "BootstrapFewShot"), ("DSPy", "RandomSearch"),
+            ("oobleck", "BootstrapFewShot"), ("oobleck", "RandomSearch"), ("oobleck", "Bayesian")]  # fmt: skip
+    if args.only:
+        plan = [p for p in plan if f"{p[0]}:{p[1]}".lower() in {o.lower() for o in args.only} or p == MIPRO]
+    sim = SimulatedLM()
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {p: [] for p in plan}
+    with OpenAITestServer(responder=sim, latency=args.latency, models=["sim"], keep_recent=0) as server:
+        runners = {"DSPy": dspy_runner(server.base_url), "oobleck": oobleck_runner(server.base_url)}
+        for seed in args.seeds:
+            data = split(seed)
+            mipro_calls: int | None = None
+            for framework, name in plan:
+                capped = (framework, name) == ("oobleck", "Bayesian") and mipro_calls and not args.no_cap
+                cap = mipro_calls // 2 if capped else None
+                with console.status(f"seed {seed}: {framework} {name}"):
+                    record = measure(server, sim, runners[framework], name, seed, data, cap)
+                if (framework, name) == MIPRO:
+                    mipro_calls = record["compile_calls"]
+                runs[(framework, name)].append(record)
+                console.print(f"seed {seed} {framework:8} {name:17} test {record['test_score']:.3f}  calls {record['compile_calls']:5}  "
+                              f"tokens {record['tokens']:8}  {record['wall_s']:6.1f} s  rule named: {record['names_rule']}")  # fmt: skip
+
+    mean = statistics.fmean
+    rows = []
+    mipro_mean_calls = mean(r["compile_calls"] for r in runs[MIPRO]) if runs.get(MIPRO) else None
+    for (framework, name), records in runs.items():
+        row = {
+            "framework": framework, "optimizer": name, "seeds": [r["seed"] for r in records],
+            "test_score": mean(r["test_score"] for r in records), "test_scores": [r["test_score"] for r in records],
+            "compile_calls": mean(r["compile_calls"] for r in records), "tokens": mean(r["tokens"] for r in records),
+            "wall_s": mean(r["wall_s"] for r in records), "names_rule": sum(r["names_rule"] for r in records),
+            "calls_vs_mipro": mean(r["compile_calls"] for r in records) / mipro_mean_calls if mipro_mean_calls else None,
+        }  # fmt: skip
+        rows.append(row)
+
+    table = Table(title=f"Optimizers on the simulated 'which animal?' task: train/dev/test {'/'.join(map(str, SPLIT))}, "
+                        f"means over seeds {', '.join(map(str, args.seeds))}")  # fmt: skip
+    for column, justify in [("framework", "left"), ("optimizer", "left"), ("test score", "right"), ("min-max over seeds", "right"),
+                            ("compile LM calls", "right"), ("calls / MIPROv2", "right"), ("tokens", "right"), ("wall s", "right"),
+                            ("instruction names the rule", "right")]:  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(row["framework"], row["optimizer"], f"{row['test_score']:.3f}", f"{min(row['test_scores']):.3f}-{max(row['test_scores']):.3f}",
+                      f"{row['compile_calls']:.0f}", f"{row['calls_vs_mipro']:.2f}" if row["calls_vs_mipro"] is not None else "-",
+                      f"{row['tokens']:,.0f}", f"{row['wall_s']:.1f}", f"{row['names_rule']}/{len(row['seeds'])}")  # fmt: skip
+
+    target: dict[str, Any] = {
+        "text": "our best optimizer reaches a higher held-out score than MIPROv2 light with at most half of its LM calls"
+    }
+    mipro_row = next((r for r in rows if (r["framework"], r["optimizer"]) == MIPRO), None)
+    ours = [r for r in rows if r["framework"] == "oobleck"]
+    if mipro_row and ours:
+        eligible = [r for r in ours if r["compile_calls"] <= 0.5 * mipro_row["compile_calls"]]
+        best = max(eligible or ours, key=lambda r: r["test_score"])
+        best_runs = runs[("oobleck", best["optimizer"])]
+        a = [x for r in best_runs for x in r["test_correct"]]
+        b = [x for r in runs[MIPRO] for x in r["test_correct"]]
+        gain, low, high = paired_bootstrap(a, b)
+        met = bool(eligible) and best["test_score"] > mipro_row["test_score"]
+        target.update(best=best["optimizer"], best_test_score=best["test_score"], mipro_test_score=mipro_row["test_score"],
+                      calls_ratio=best["compile_calls"] / mipro_row["compile_calls"], gain=gain, gain_ci95=[low, high],
+                      significant=low > 0 or high < 0, met=met)  # fmt: skip
+        table.caption = (f"target: oobleck {best['optimizer']} {best['test_score']:.3f} vs MIPROv2 light {mipro_row['test_score']:.3f} "
+                         f"(gain {gain:+.3f}, paired 95% CI [{low:+.3f}, {high:+.3f}]) at {target['calls_ratio']:.2f}x its calls: "
+                         f"{verdict(met)}")  # fmt: skip
+    console.print(table)
+    note = load_note()
+    if note:
+        console.print(f"[dim]{note}[/dim]")
+    path = write_result("optimizers", {
+        "target": target,
+        "settings": {"split": SPLIT, "threads": THREADS, "max_demos": MAX_DEMOS, "random_search_candidates": RS_CANDIDATES,
+                     "bayesian": BAYESIAN, "bayesian_budget": None if args.no_cap else "max_lm_calls = half of MIPROv2 light's calls on the same seed",
+                     "latency_s": args.latency, "seeds": args.seeds, "instruction": INSTRUCTION},
+        "rows": rows,
+        "runs": {f"{f}:{n}": [{k: v for k, v in r.items() if k != "test_correct"} for r in rs] for (f, n), rs in runs.items()},
+    })  # fmt: skip
+    console.print(f"[dim]wrote {path}[/dim]")
+
+
+if __name__ == "__main__":
+    main()
