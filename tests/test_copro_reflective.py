@@ -377,3 +377,24 @@ def test_merge_takes_each_predictor_from_the_parent_that_changed_it():
     assert merge_instructions(pool, 1, 2) == {"a": "a1", "b": "b2", "c": "c1"}
     child = _Member({"a": "a1", "b": "b3", "c": "c1"}, [1, 1, 1, 0], (1,), "child of left")
     assert merge_instructions([*pool, child], 1, 3) is None  # one descends from the other
+
+
+# -- on the demo model -------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_reflective_on_the_demo_model_rewrites_a_vague_instruction():
+    """The demo model reads no reflection prompt; it induces the instruction from the step's expected outputs."""
+    from oobleck.tiny.tasks import task_examples
+
+    rows = [ob.Example(r).with_inputs("word") for r in task_examples("first_letter", 50, seed=21)]
+    train, dev = rows[:20], rows[20:]
+    lm = ob.LM("hf/oobleck-tiny")
+    student = ob.Predict("word -> answer", lm=lm)  # default instruction: does not say which word task
+    optimizer = ob.optimizers.Reflective("exact_match", max_iterations=3, minibatch_size=6, num_threads=8)
+    compiled = optimizer.compile(student, trainset=train, valset=dev)
+    info = compiled.compile_info
+    assert info["scores"]["best"] - info["scores"]["baseline"] >= 0.3, info["scores"]
+    assert compiled.signature.instructions != student.signature.instructions
+    assert score(compiled, dev) == pytest.approx(info["scores"]["best"])

@@ -19,6 +19,10 @@ examples where they differ), checked on a dev subsample against both parents and
 scored on the rest of the dev set. The result is the candidate with the best mean dev score;
 the search ends early once a candidate is perfect on the dev set, as nothing can beat it.
 
+A reflection LM that declares the compact prompt format (the bundled demo model) cannot read
+the reflection prompt; it gets the instruction-induction prompt instead, with the step's
+inputs and the outputs it should have given, which such a model was trained on.
+
 All LM calls run in a ``CompileSession`` (one budget) and every scoring is a trial numbered by
 its place in the deterministic loop, so a compile resumes where it stopped.
 """
@@ -43,6 +47,7 @@ from oobleck.modules.module import Module
 from oobleck.modules.predict import Predict
 from oobleck.modules.trace import TraceEntry, trace
 from oobleck.optimizers.base import Candidate, Optimizer, check_trainset, data_fingerprint
+from oobleck.optimizers.induction import examples_line, induction_signature
 from oobleck.optimizers.session import CompileSession, candidate_key
 from oobleck.optimizers.steps import StepLoop, session_usage
 from oobleck.signatures.signature import Signature, make_signature
@@ -84,6 +89,23 @@ def _default_feedback(example: Example, prediction: Any, score: float) -> str:
     got = {k: prediction[k] for k in labels if isinstance(prediction, Prediction) and k in prediction}
     text = f"expected {_fields(labels)}, got {_fields(got) if got else _short(prediction)}"
     return text if score <= 0.0 else f"partly correct (score {score:.2f}): {text}"
+
+
+def _induction_demos(target: Predict, results: list[ExampleResult], traces: list[list[TraceEntry]], shown: list[int],
+                     limit: int = 6) -> list[dict[str, Any]]:  # fmt: skip
+    """The step's inputs with what it should have output: the gold labels when they name its outputs, else its correct runs."""
+    outputs = list(target.signature.output_fields)
+    demos = []
+    for i in sorted(shown, key=lambda i: (results[i].score, i)):
+        calls = [c for c in traces[i] if c.predictor is target]
+        if not calls:
+            continue
+        labels = results[i].example.labels()
+        if all(n in labels for n in outputs):
+            demos.append({**calls[0].inputs, **{n: labels[n] for n in outputs}})
+        elif results[i].score >= 1.0:
+            demos.append({**calls[0].inputs, **calls[0].outputs})
+    return demos[:limit]
 
 
 @dataclass
@@ -282,10 +304,20 @@ class Reflective(Optimizer):
             return parent_score
         current = target.signature.instructions
         lm = self._reflection_lm or target.resolve_lm()
-        reflect = Predict(_reflect_signature(), lm=lm, rollout_id=f"reflect-{self.seed}-{iteration}")
-        dataset = self._reflective_dataset(target, results, traces, shown)
+        rollout = f"reflect-{self.seed}-{iteration}"
+        if lm.adapter == "compact":  # a small model that cannot read the reflection prompt: induce from expected outputs
+            demos = _induction_demos(target, results, traces, shown)
+            if not demos:
+                attrs["reason"] = "no example shows what the step should output"
+                return parent_score
+            reflect = Predict(induction_signature(), lm=lm, adapter="compact", rollout_id=rollout)
+            prompt, field = {"examples": examples_line(target.signature, demos)}, "instruction"
+        else:
+            reflect = Predict(_reflect_signature(), lm=lm, rollout_id=rollout)
+            prompt = {"current_instruction": current, "examples_with_feedback": self._reflective_dataset(target, results, traces, shown)}
+            field = "new_instruction"
         try:
-            text = reflect(current_instruction=current, examples_with_feedback=dataset).new_instruction
+            text = reflect(**prompt)[field]
         except BudgetExceeded:
             raise
         except OobleckError as exc:  # an unusable reflection is an iteration without a child
