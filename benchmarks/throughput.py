@@ -7,7 +7,8 @@ requests per second; the benchmark reports each framework's rate and its fractio
 at concurrency 1, 8, 32 and 64.
 
 * oobleck: ``ob.Evaluate(num_threads=c, display_progress=False)`` with
-  ``ob.LM("openai/test", base_url=..., cache=False)`` (the openai SDK underneath). Its default
+  ``ob.LM("openai/test", base_url=..., cache=False)`` (the openai SDK underneath, over
+  oobleck's keep-alive transport, as for any plain-http server). Its default
   ``mode="auto"`` runs this program on one event loop (``--oobleck-mode threads`` forces the
   thread pool); the table reports the mode each run used.
 * DSPy: ``dspy.Evaluate(num_threads=c, display_progress=False)`` with

@@ -128,6 +128,32 @@ def test_metric_error_stops_a_threaded_run_too() -> None:
         Evaluate(devset=dataset(list(range(6))), metric=lambda e, p, t=None: "x", num_threads=3, display_progress=False)(program())
 
 
+def test_a_threaded_run_stops_taking_examples_after_an_error() -> None:
+    lm = FieldScriptedLM(respond)
+    with pytest.raises(ob.MetricError):
+        Evaluate(devset=dataset(list(range(60))), metric=lambda e, p, t=None: "x", num_threads=3, display_progress=False)(
+            ob.Predict("question -> answer", lm=lm)
+        )
+    assert 1 <= lm.calls <= 6  # the examples already in flight, not the other 50-odd
+
+
+def test_each_threaded_example_gets_its_own_copy_of_the_context() -> None:
+    import contextvars
+
+    seen: contextvars.ContextVar[int] = contextvars.ContextVar("seen", default=0)
+    inner = program()
+
+    def leaky(question: str) -> Any:
+        before = seen.get()
+        seen.set(before + 1)  # a set without reset must not leak into the worker's next example
+        prediction = inner(question=question)
+        return ob.Prediction(answer=prediction.answer if not before else "leaked")
+
+    result = Evaluate(devset=dataset([0, 2, 4, 6, 8, 10, 12, 14]), metric=exact_match, num_threads=2, display_progress=False)(leaky)
+    assert result.mode == "threads" and result.score == 1.0
+    assert seen.get() == 0
+
+
 def test_metric_returning_bool_int_and_score_objects() -> None:
     class Feedback:
         score = 0.75

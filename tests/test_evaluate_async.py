@@ -377,9 +377,13 @@ def test_openai_backend_request_options_and_unknown_settings() -> None:
         assert server.requests == 1  # refused before sending, as chat.completions.create would
 
 
-def test_openai_backend_spreads_concurrent_requests_over_small_pools() -> None:
+def test_openai_backend_spreads_concurrent_requests_over_small_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oobleck.lm import http_transport
     from oobleck.testing.server import OpenAITestServer
 
+    # Servers that keep httpx's own transport (https, proxied; here: told so) get sharded clients;
+    # plain-http ones share one client over oobleck's keep-alive transport (test_http_transport.py).
+    monkeypatch.setattr(http_transport, "use_for", lambda base_url: False)
     with OpenAITestServer(latency=0.05) as server:
         lm = ob.LM("openai/test-model", base_url=server.base_url + "/v1", api_key="k", cache=False)
 

@@ -170,11 +170,7 @@ class Evaluate:
                     run.run_one(program, i)
                     advance(run.results[i])
             else:
-                with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="oobleck-eval") as pool:
-                    futures = [pool.submit(contextvars.copy_context().run, run.run_one, program, i) for i in range(len(examples))]
-                    for i, future in enumerate(futures):
-                        future.result()
-                        advance(run.results[i])
+                _run_threads(run, program, threads, advance)
         done = [r for r in run.results if r is not None]
         score = sum(r.score for r in done) / len(done) if done else 0.0
         result = EvaluationResult(score, done, usage, time.perf_counter() - started, chosen)
@@ -238,6 +234,47 @@ class _Run:
         else:
             result = self.scored(index, prediction)
         self.record(index, result)
+
+
+def _run_threads(run: _Run, program: Callable[..., Any], threads: int, advance: Callable[[ExampleResult | None], None]) -> None:
+    """The thread path: ``threads`` workers take examples in devset order until done or aborted.
+
+    Each example runs in its own copy of the caller's context (``ob.context`` settings, the
+    ``track_usage`` scopes, an active trace). Workers pull the next example themselves rather
+    than a pool taking one future per example and the calling thread waking for each result:
+    with many examples in flight and the GIL shared, those handovers cost client CPU that
+    bounds throughput. The first exception a worker hits (BudgetExceeded, MetricError,
+    Ctrl-C) stops the others from taking new examples and is raised here.
+    """
+    context = contextvars.copy_context()
+    indices = iter(range(len(run.examples)))
+    lock = threading.Lock()
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        for index in indices:  # shared by the workers: each example is taken once, in order
+            if run.aborted:
+                return
+            try:
+                context.copy().run(run.run_one, program, index)
+                with lock:  # the progress bar's running score is not thread-safe
+                    advance(run.results[index])
+            except BaseException as exc:  # noqa: BLE001 - raised again by the calling thread
+                run.aborted = True
+                failure.append(exc)
+                return
+
+    workers = [threading.Thread(target=work, name=f"oobleck-eval-{i}") for i in range(min(threads, len(run.examples)))]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except BaseException:  # Ctrl-C while waiting: let the workers finish what they hold, then stop
+        run.aborted = True
+        raise
+    if failure:
+        raise failure[0]
 
 
 async def _run_async(run: _Run, program: Callable[..., Any], concurrency: int, advance: Callable[[ExampleResult | None], None]) -> None:
@@ -306,9 +343,10 @@ def _choose_mode(program: Callable[..., Any], mode: Mode) -> Literal["threads", 
 
     ``auto`` prefers threads whenever the program can be called synchronously: measured with
     ``benchmarks/throughput.py`` (``Predict`` over the openai SDK, a 50 ms server, 2 cores),
-    the event loop reached 0.90 / 0.81 / 0.60 of the latency limit at 8 / 32 / 64 examples in
-    flight and threads 0.92 / 0.88 / 0.57. The SDK's async stack costs more CPU per request,
-    and each await that yields waits behind the loop's other work, which adds latency.
+    the event loop reached 0.94 / 0.90 / 0.89 of the latency limit at 8 / 32 / 64 examples in
+    flight and threads 0.94 / 0.93 / 0.90 (both over oobleck's keep-alive transport). The
+    SDK's async stack does more Python work per request, and each await that yields waits
+    behind the loop's other work, which adds latency.
     """
     if mode == "auto":
         mode = "async" if _async_only(program) else "threads"
@@ -417,6 +455,6 @@ class _progress:
 
         return advance
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.show:
-            self.bar.__exit__(*exc)
+            self.bar.__exit__(*exc)  # type: ignore[arg-type]

@@ -31,12 +31,18 @@ class OpenAICompatibleLM(LM):
 
     ``api_key`` falls back to ``OPENAI_API_KEY`` and ``base_url`` to ``OPENAI_BASE_URL``; a
     local server given by ``base_url`` needs no key. The key is kept out of settings, so it
-    never reaches the cache key, the history or an artifact.
+    never reaches the cache key, the history or an artifact. ``http_client`` (an
+    ``httpx.Client``, e.g. ``openai.DefaultHttpxClient(...)``) and ``async_http_client`` (an
+    ``httpx.AsyncClient``) go to the SDK clients as their ``http_client``; by default a plain
+    ``http://`` server is reached through ``oobleck.lm.http_transport``, anything else through
+    the SDK's own httpx client. A given ``async_http_client`` serves every event loop, so it
+    must not be used across ``asyncio.run`` calls.
     """
 
     provider = "openai"
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0, **kwargs: Any):
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0,
+                 http_client: Any = None, async_http_client: Any = None, **kwargs: Any):  # fmt: skip
         _, _, name = model.partition("/")
         if not name:
             raise ConfigurationError(f"LM id {model!r} names no model; write 'openai/<model>'")
@@ -44,6 +50,10 @@ class OpenAICompatibleLM(LM):
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if self.base_url else None)
         self.timeout = timeout
+        # The SDK's ``http_client`` for the sync and the async clients (proxies, certificates,
+        # event hooks, ...), as ``openai.OpenAI`` and ``openai.AsyncOpenAI`` take them.
+        self.http_client = http_client
+        self.async_http_client = async_http_client
         self._clients: _Shards | None = None
         # Async clients per event loop: their pooled connections belong to the loop that opened
         # them, so reusing one under a later ``asyncio.run`` fails with "Event loop is closed".
@@ -69,9 +79,7 @@ class OpenAICompatibleLM(LM):
     def _sync_shards(self) -> _Shards:
         with self._lock:
             if self._clients is None:
-                import openai
-
-                self._clients = _Shards(lambda: openai.OpenAI(**self._client_kwargs()))
+                self._clients = self._shards(asynchronous=False)
             return self._clients
 
     def _async_shards(self) -> _Shards:
@@ -79,10 +87,36 @@ class OpenAICompatibleLM(LM):
         with self._lock:
             shards = self._async_clients.get(loop)
             if shards is None:
-                import openai
-
-                shards = self._async_clients[loop] = _Shards(lambda: openai.AsyncOpenAI(**self._client_kwargs()))
+                shards = self._async_clients[loop] = self._shards(asynchronous=True)
             return shards
+
+    def _shards(self, *, asynchronous: bool) -> _Shards:
+        """SDK clients for one side (sync, or async on one event loop), with their http client.
+
+        A user's ``http_client`` is used as given, by one SDK client. Otherwise an ``http://``
+        server with no proxy in the way gets oobleck's keep-alive transport
+        (``oobleck.lm.http_transport``: about half the client CPU per request of httpx's own,
+        which bounds throughput with many requests in flight), shared by one SDK client; other
+        servers (https, proxied) get the SDK's default httpx client, spread over shards.
+        """
+        import openai
+
+        kwargs = self._client_kwargs()
+        sdk = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        given = self.async_http_client if asynchronous else self.http_client
+        if given is not None:
+            client = sdk(**kwargs, http_client=given)
+            return _Shards(lambda: client, per_client=_UNLIMITED)
+        from oobleck.lm import http_transport
+
+        if http_transport.use_for(self.base_url):
+            if asynchronous:
+                http = openai.DefaultAsyncHttpxClient(transport=http_transport.AsyncKeepAliveTransport())
+            else:
+                http = openai.DefaultHttpxClient(transport=http_transport.KeepAliveTransport())
+            client = sdk(**kwargs, http_client=http)
+            return _Shards(lambda: client, per_client=_UNLIMITED)
+        return _Shards(lambda: sdk(**kwargs))
 
     def client(self) -> Any:
         """An ``openai.OpenAI`` client for this LM's server (the first of its shards)."""
@@ -192,16 +226,19 @@ class OpenAICompatibleLM(LM):
         return [Completion(t, prompt, share + (1 if i < extra else 0)) for i, t in enumerate(texts)]
 
 
+_UNLIMITED = 1 << 30  # per_client for a single client that carries every request
+
+
 class _Shards:
     """SDK clients sharing the requests in flight, so that each carries only a few at a time.
 
-    Each client has its own httpx connection pool, and httpcore's pool does work per request
-    that grows with the requests and connections it holds (quadratically in httpcore 1.x): at
-    64 requests in flight on one pool that alone cost ~10 ms of CPU per request with asyncio
-    and ~3 ms with threads, against ~1.2 ms in all on pools of two. So a request goes to the
-    least loaded client, and a new client is made (once, ~20 ms: its TLS context) only when
-    every client already carries ``per_client``, up to ``max_clients``; one request at a time
-    needs just one client.
+    For servers that keep httpx's own transport (https, proxies). Each client has its own httpx
+    connection pool, and httpcore's pool does work per request that grows with the requests
+    and connections it holds (quadratically in httpcore 1.x): at 64 requests in flight on one
+    pool that alone cost ~10 ms of CPU per request with asyncio and ~3 ms with threads, against
+    ~1.2 ms in all on pools of two. So a request goes to the least loaded client, and a new
+    client is made (once, ~20 ms: its TLS context) only when every client already carries
+    ``per_client``, up to ``max_clients``; one request at a time needs just one client.
     """
 
     def __init__(self, make: Callable[[], Any], per_client: int = 2, max_clients: int = 32):
