@@ -33,17 +33,35 @@ def doubling_dataset(numbers: Sequence[Any]) -> list[ob.Example]:
     return [ob.Example(question=f"double {n}", answer=str(n * 2) if isinstance(n, int) else "?").with_inputs("question") for n in numbers]
 
 
+PROPOSALS = ("Answer the question.", "Return twice the number in the question.", "Reply with a number.", "Be helpful.")
+
+
+def instruction_sensitive_reply(messages: list[dict[str, Any]]) -> str:
+    """A completion whose correctness depends on the prompt (see ``InstructionSensitiveLM``)."""
+    import hashlib
+    import re
+
+    system, last = str(messages[0]["content"]), str(messages[-1]["content"])
+    if "[[ ## program_step ## ]]" in last:
+        pick = int(hashlib.sha256(last.encode()).hexdigest(), 16) % len(PROPOSALS)
+        return f"[[ ## instruction ## ]]\n{PROPOSALS[pick]}\n\n[[ ## completed ## ]]"
+    question = re.findall(r"\[\[ ## question ## \]\]\n(.*)", last)[-1].strip()
+    n = int(question.split()[-1])
+    answer = str(2 * n) if "twice" in system or n % 2 == 0 else str(n + 1)
+    return f"[[ ## answer ## ]]\n{answer}\n\n[[ ## completed ## ]]"
+
+
 class InstructionSensitiveLM(ob.BaseLM):
     """A test double whose accuracy depends on the prompt, for optimizer tests.
 
     Task calls ("double N" in the chat format) are answered right when the system prompt says
     "twice", else only for even N. Proposer calls (a ``program_step`` field) return one of four
     instructions chosen by a hash of the prompt, one of which says "twice". ``delay`` slows each
-    call, for tests that interrupt a compile.
+    call, for tests that interrupt a compile. The same replies are served over HTTP by
+    ``instruction_sensitive_reply`` as an ``OpenAITestServer`` responder.
     """
 
     provider = "scripted"
-    PROPOSALS = ("Answer the question.", "Return twice the number in the question.", "Reply with a number.", "Be helpful.")
 
     def __init__(self, delay: float = 0.0, **kwargs: Any):
         kwargs.setdefault("cache", False)
@@ -53,20 +71,12 @@ class InstructionSensitiveLM(ob.BaseLM):
         self._lock = __import__("threading").Lock()
 
     def generate(self, messages: list[dict[str, str]], **settings: Any) -> list[ob.Completion]:
-        import hashlib
-        import re
         import time
 
         with self._lock:
             self.calls += 1
         if self.delay:
             time.sleep(self.delay)
-        system, last = messages[0]["content"], messages[-1]["content"]
+        text = instruction_sensitive_reply(messages)
         tokens = sum(len(m["content"]) for m in messages) // 4
-        if "[[ ## program_step ## ]]" in last:
-            pick = int(hashlib.sha256(last.encode()).hexdigest(), 16) % len(self.PROPOSALS)
-            return [ob.Completion(f"[[ ## instruction ## ]]\n{self.PROPOSALS[pick]}\n\n[[ ## completed ## ]]", tokens, 10)]
-        question = re.findall(r"\[\[ ## question ## \]\]\n(.*)", last)[-1].strip()
-        n = int(question.split()[-1])
-        answer = str(2 * n) if "twice" in system or n % 2 == 0 else str(n + 1)
-        return [ob.Completion(f"[[ ## answer ## ]]\n{answer}\n\n[[ ## completed ## ]]", tokens, 5)]
+        return [ob.Completion(text, tokens, 10 if "instruction ##" in text else 5)]

@@ -15,8 +15,10 @@ import pytest
 
 import oobleck as ob
 from oobleck.lm.cache import ResponseCache
+from oobleck.lm.base import RetryPolicy
 from oobleck.optimizers.estimate import estimate_compile
-from support import InstructionSensitiveLM, doubling_dataset
+from oobleck.testing.server import OpenAITestServer
+from support import InstructionSensitiveLM, doubling_dataset, instruction_sensitive_reply
 
 DATA = doubling_dataset(range(60))
 TRAIN, DEV = DATA[:30], DATA[30:]
@@ -156,3 +158,20 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 @pytest.mark.slow
 def test_two_workers_share_one_postgresql_study(postgres_server, tmp_path):
     _two_workers(postgres_server.create_database("bayes_workers"), tmp_path)
+
+
+@pytest.mark.integration
+def test_server_faults_leave_the_result_unchanged(tmp_path):
+    """20% of requests get a 429, a 500 or a truncated body; retries make the compile come out the same."""
+    results = {}
+    for name, rate in (("clean", 0.0), ("faulty", 0.2)):
+        with OpenAITestServer(responder=instruction_sensitive_reply, fault_rate=rate, seed=5, models=["sim"]) as server:
+            lm = ob.LM("openai/sim", base_url=server.base_url + "/v1", api_key="test", cache=False, retry=RetryPolicy(retries=10, base_delay=0.001, max_delay=0.01))
+            compiled = _bayesian().compile(_program(lm), trainset=TRAIN, valset=DEV)
+            results[name] = (compiled, dict(server.fault_counts), server.requests)
+    clean, faulty = results["clean"][0], results["faulty"][0]
+    faults, requests = results["faulty"][1], results["faulty"][2]
+    assert sum(faults.values()) > 0.1 * requests and {"429", "500", "malformed"} <= {str(k) for k in faults}
+    assert faulty.signature.instructions == clean.signature.instructions and faulty.demos == clean.demos
+    assert faulty.compile_info["trials"] == clean.compile_info["trials"]
+    assert faulty.compile_info["spend"] == clean.compile_info["spend"]  # retries are not extra logical calls
