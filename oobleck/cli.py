@@ -173,6 +173,10 @@ def _make_optimizer(name: str, metric_fn: Callable[..., Any], *, trainset_size: 
         return opt.COPRO(metric_fn, num_threads=threads, seed=seed, budget=budget, **session)
     if name == "reflective" and hasattr(opt, "Reflective"):
         return opt.Reflective(metric_fn, num_threads=threads, seed=seed, budget=budget, **session)
+    if name == "ensemble":
+        ensemble = opt.Ensemble(reducer="majority_vote", seed=seed)
+        ensemble._member_optimizer = opt.BootstrapFewShot(metric_fn, max_demos=max_demos, num_threads=threads, seed=seed)
+        return ensemble
     if name == "knn":
         return opt.KNNFewShot(metric_fn, k=max_demos, num_threads=threads, seed=seed)
     raise ConfigurationError(f"unknown optimizer {name!r}; choose one of {', '.join(_OPTIMIZERS)}")
@@ -215,7 +219,7 @@ def compile(
     out: Path = typer.Option(..., "--out", help="artifact folder to write (e.g. qa.oobleck)"),
     inputs: str = typer.Option(None, "--inputs", help="input keys of the data, e.g. context,question"),
     max_demos: int = typer.Option(4, "--max-demos"),
-    num_candidates: int = typer.Option(8, "--num-candidates", help="random search: bootstrapped candidates"),
+    num_candidates: int = typer.Option(8, "--num-candidates", help="random search: bootstrapped candidates; ensemble: members"),
     trials: int = typer.Option(24, "--trials", help="bayesian: number of trials"),
     threads: int = typer.Option(8, "--threads"),
     seed: int = typer.Option(0, "--seed"),
@@ -264,9 +268,15 @@ def compile(
         _drop_study(session["storage"], opt, student, trainset, devset)
     children = _spawn_workers(workers - 1) if resumable and workers > 1 and not worker else []
     err.print(f"compiling with {type(opt).__name__} on {len(trainset)} training examples" + (f", {workers} workers" if children else ""))
+    from contextlib import nullcontext
+
+    from oobleck.optimizers.session import show_progress
+
+    show_progress(resumable)  # searches draw their own live line: trial, best score, spend
+    waiting = nullcontext() if resumable else err.status(f"{type(opt).__name__} is searching")
     try:
-        with err.status(f"{type(opt).__name__} is searching"), spending(None if resumable else budget) as spent:
-            compiled = opt.compile(student, trainset=trainset, valset=devset)
+        with waiting, spending(None if resumable else budget) as spent:
+            compiled = _run_optimizer(opt, optimizer, student, trainset, devset, num_candidates, seed)
     finally:
         for child in children:
             child.wait()
@@ -303,6 +313,18 @@ def compile(
     path = compiled.save(out)
     _write_report(opt, compiled, gain, path, spent, budget)
     console.print(f"saved [bold]{path}[/] (report: {path / 'report.html'})")
+
+
+def _run_optimizer(opt: Any, name: str, student: Any, trainset: Any, devset: Any, members: int, seed: int) -> Any:
+    """``opt.compile``; for ``ensemble``, first bootstrap ``members`` programs with different seeds."""
+    if name != "ensemble":
+        return opt.compile(student, trainset=trainset, valset=devset)
+    bootstrap = opt._member_optimizer
+    programs = []
+    for i in range(members):
+        bootstrap.seed = seed + i
+        programs.append(bootstrap.compile(student, trainset=trainset, valset=devset))
+    return opt.compile(programs)
 
 
 def _drop_study(storage: Any, opt: Any, student: Any, trainset: Any, devset: Any) -> None:

@@ -101,3 +101,47 @@ def test_bad_artifact_is_a_clear_error(workdir: Path) -> None:
     result = oobleck("inspect", str(broken), cwd=workdir)
     assert result.returncode == 2
     assert "not valid JSON" in result.stderr and "Traceback" not in result.stderr
+
+
+def _compile(workdir: Path, out: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return oobleck(
+        "compile", "program.py:program", "--train", "train.jsonl", "--dev", "dev.jsonl", "--test", "test.jsonl",
+        "--lm", "hf/oobleck-tiny", "--metric", "program.py:letters_metric", "--max-demos", "3", "--out", out, *extra, cwd=workdir,
+    )  # fmt: skip
+
+
+def test_bayesian_dry_run_budget_report_and_resume(workdir: Path) -> None:
+    dry = _compile(workdir, "bayes.oobleck", "--optimizer", "bayesian", "--trials", "4", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    estimate = json.loads(dry.stdout[dry.stdout.index("{") :])
+    assert estimate["calls"] > 0 and not (workdir / "bayes.oobleck").exists()
+    cap = estimate["calls"] // 2
+    capped = _compile(workdir, "bayes.oobleck", "--optimizer", "bayesian", "--trials", "4", "--budget-calls", str(cap))
+    assert capped.returncode == 0, capped.stderr
+    assert "budget" in capped.stderr and "LM calls" in capped.stderr  # the live line and the stop note
+    document = json.loads((workdir / "bayes.oobleck" / "program.json").read_text())
+    provenance = document["provenance"]
+    assert provenance["spend"]["calls"] <= cap and "max_lm_calls" in provenance["stopped"]
+    assert {"low", "high", "gain"} <= set(provenance["heldout"])
+    for name in ("report.html", "history.png", "report.json"):
+        assert (workdir / "bayes.oobleck" / name).is_file()
+    assert (workdir / "bayes.oobleck.study.db").is_file()
+    first = json.loads((workdir / "bayes.oobleck" / "report.json").read_text())
+    again = _compile(workdir, "bayes.oobleck", "--optimizer", "bayesian", "--trials", "4", "--budget-calls", str(cap))
+    assert again.returncode == 0, again.stderr
+    report = json.loads((workdir / "bayes.oobleck" / "report.json").read_text())
+    # Replayed from the study and the LM cache: at most the calls in flight when the cap hit reach the model again.
+    assert report["spend"]["billed_calls"] <= 8 < first["spend"]["billed_calls"]
+    assert report["spend"]["calls"] == provenance["spend"]["calls"]
+    assert json.loads((workdir / "bayes.oobleck" / "program.json").read_text())["program"] == document["program"]
+
+
+def test_ensemble_compiles_saves_and_runs(workdir: Path) -> None:
+    result = _compile(workdir, "ensemble.oobleck", "--optimizer", "ensemble", "--num-candidates", "3")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((workdir / "ensemble.oobleck" / "program.json").read_text())
+    assert document["program"]["ensemble"]["reducer"] == "majority_vote"
+    assert len(document["program"]["predictors"]) == 3
+    run = oobleck("run", "ensemble.oobleck", "--input", "word=stone", "--json", cwd=workdir)
+    assert run.returncode == 0, run.stderr
+    assert set(json.loads(run.stdout)) == {"answer"}

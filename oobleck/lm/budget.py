@@ -105,13 +105,15 @@ class Spend:
                 "cost": round(self.cost, 6), "billed_calls": self.billed_calls}  # fmt: skip
 
     def add(self, other: dict[str, Any]) -> None:
-        """Add a recorded spend (``to_dict`` output), e.g. of a trial finished before a resume."""
+        """Add a recorded spend (``to_dict`` output) that is being replayed, e.g. a trial finished before a resume.
+
+        Its calls count toward the budget; none of them is billed again, since nothing is sent.
+        """
         with self._lock:
             self.calls += int(other.get("calls", 0))
             self.prompt_tokens += int(other.get("prompt_tokens", 0))
             self.completion_tokens += int(other.get("completion_tokens", 0))
             self.cost += float(other.get("cost", 0.0))
-            self.billed_calls += int(other.get("billed_calls", 0))
 
 
 @dataclass

@@ -17,6 +17,7 @@ Storages are optuna's: in memory (no resume), a SQLite file, a journal file, or 
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -40,6 +41,12 @@ __all__ = ["CompileSession", "TrialRecord", "open_storage"]
 logger = logging.getLogger("oobleck.optimizers.session")
 
 _HEARTBEAT_S = 10
+_show_progress: contextvars.ContextVar[bool] = contextvars.ContextVar("oobleck_compile_progress", default=False)
+
+
+def show_progress(enabled: bool = True) -> contextvars.Token[bool]:
+    """Show a live line (trial, best score, spend) on stderr for compiles started after this call."""
+    return _show_progress.set(enabled)
 _GRACE_S = 40
 
 
@@ -140,6 +147,9 @@ class CompileSession:
         self.replayed = 0
         self.charged: set[str] = set()  # stored results whose spend this run has already counted
         self._scope: Any = None
+        self._display: _LiveLine | None = None
+        self._best: float | None = None
+        self._steps = 0
         self._study: optuna.Study | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -179,12 +189,17 @@ class CompileSession:
         _ = self.study
         self._scope = spending(self.budget, spent=self.spend)
         self._scope.__enter__()
+        if _show_progress.get():
+            self._display = _LiveLine(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         scope, self._scope = self._scope, None
         if scope is not None:
             scope.__exit__(*exc)
+        live, self._display = self._display, None
+        if live is not None:
+            live.close()
 
     # -- shared setup ------------------------------------------------------------------------
 
@@ -230,6 +245,10 @@ class CompileSession:
             if trial.user_attrs.get("index") == index:
                 self.spend.add(trial.user_attrs.get("spend", {}))
                 self.replayed += 1
+                if trial.value is not None:
+                    self._best = trial.value if self._best is None else max(self._best, trial.value)
+                if self._display is not None:
+                    self._display.update()
                 self._check_budget_after_replay()
                 return trial
         return None
@@ -291,6 +310,10 @@ class CompileSession:
             self.study.tell(trial, state=state)
         else:
             self.study.tell(trial, value)
+            self._best = value if self._best is None else max(self._best, value)
+        self._steps += 1
+        if self._display is not None:
+            self._display.update()
         return value
 
     def records(self) -> list[TrialRecord]:
@@ -347,3 +370,32 @@ def _is_storage(value: Any) -> bool:
 def _last_value(trial: Any) -> float:
     values = trial.storage.get_trial(trial._trial_id).intermediate_values if hasattr(trial, "storage") else {}
     return float(values[max(values)]) if values else 0.0
+
+
+class _LiveLine:
+    """One rich line on stderr, redrawn after each trial: steps run, best score, spend, budget."""
+
+    def __init__(self, session: CompileSession):
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.session = session
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                 console=Console(stderr=True), transient=False)  # fmt: skip
+        self.task = self.progress.add_task(self._text(), total=None)
+        self.progress.start()
+
+    def _text(self) -> str:
+        s, b = self.session, self.session.budget
+        best = "-" if s._best is None else f"{100 * s._best:.1f}%"
+        calls = f"{s.spend.calls:,}" + (f"/{b.max_lm_calls:,}" if b.max_lm_calls is not None else "")
+        cost = f"${s.spend.cost:.4f}" + (f"/${b.max_cost:g}" if b.max_cost is not None else "")
+        return f"trials {s._steps} (+{s.replayed} replayed)  best {best}  LM calls {calls}  tokens {s.spend.tokens:,}  {cost}"
+
+    def update(self) -> None:
+        self.progress.update(self.task, description=self._text())
+
+    def close(self) -> None:
+        self.update()
+        self.progress.stop()
+
