@@ -169,9 +169,9 @@ def _make_optimizer(name: str, metric_fn: Callable[..., Any], *, trainset_size: 
         return opt.RandomSearch(metric_fn, max_demos=max_demos, num_candidates=num_candidates, num_threads=threads, seed=seed, display_progress=False)
     if name == "bayesian":
         return opt.Bayesian(metric_fn, num_trials=trials, max_demos=max_demos, num_threads=threads, seed=seed, budget=budget, **session)
-    if name == "copro" and hasattr(opt, "COPRO"):
+    if name == "copro":
         return opt.COPRO(metric_fn, num_threads=threads, seed=seed, budget=budget, **session)
-    if name == "reflective" and hasattr(opt, "Reflective"):
+    if name == "reflective":
         return opt.Reflective(metric_fn, num_threads=threads, seed=seed, budget=budget, **session)
     if name == "ensemble":
         ensemble = opt.Ensemble(reducer="majority_vote", seed=seed)

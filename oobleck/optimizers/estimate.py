@@ -67,8 +67,8 @@ def _per_call(program: Module, trainset: Sequence[Example], demos: int, seed: in
         signature = predictor.signature
         for example in sample:
             others = [dict(e) for e in trainset if e is not example]
-            shown = rng.sample(others, min(int(round(demos)), len(others)))
-            inputs = {n: example[n] if n in example else "..." for n in signature.input_fields}
+            shown = rng.sample(others, min(round(demos), len(others)))
+            inputs = {n: example.get(n, "...") for n in signature.input_fields}
             messages = adapter.format(signature, shown, inputs)
             prompt_total += lm.count_prompt_tokens(messages)
             outputs = " ".join(format_value(example[n]) for n in signature.output_fields if n in example)
@@ -101,13 +101,10 @@ def estimate_compile(optimizer: Any, program: Module, trainset: Sequence[Example
         completion += n * c
         rows.append({"phase": phase.name, "calls": math.ceil(n), "prompt_tokens": math.ceil(n * (p + phase.extra_prompt)),
                      "completion_tokens": math.ceil(n * c)})  # fmt: skip
-    cost: float | None = 0.0
-    for _, predictor in program.named_predictors():
-        price = price_of(predictor.resolve_lm().budget_id)
-        if price is None:
-            cost = None
-            break
-    if cost is not None:
-        price = price_of(program.named_predictors()[0][1].resolve_lm().budget_id) or (0.0, 0.0)
-        cost = (prompt * price[0] + completion * price[1]) / 1_000_000
+    # Calls spread evenly over the predictors, each priced by its own LM; unknown prices make the cost unknown.
+    prices = [price_of(p.resolve_lm().budget_id) for _, p in program.named_predictors()]
+    cost = None
+    if all(price is not None for price in prices):
+        share = 1 / len(prices)
+        cost = sum(share * (prompt * price[0] + completion * price[1]) / 1_000_000 for price in prices if price is not None)
     return Estimate(math.ceil(calls), math.ceil(prompt), math.ceil(completion), cost, rows)
