@@ -55,7 +55,7 @@ class Estimate:
                 "tokens": self.tokens, "cost": self.cost, "phases": self.phases}  # fmt: skip
 
 
-def _per_call(program: Module, trainset: Sequence[Example], demos: int, seed: int = 0) -> tuple[float, float]:
+def _per_call(program: Module, trainset: Sequence[Example], demos: float, seed: int = 0) -> tuple[float, float]:
     """Mean (prompt, completion) tokens of one call of each predictor with ``demos`` demos."""
     rng = random.Random(seed)
     sample = rng.sample(list(trainset), min(8, len(trainset)))
