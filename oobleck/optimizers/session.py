@@ -204,10 +204,11 @@ class CompileSession:
     # -- shared setup ------------------------------------------------------------------------
 
     def shared(self, name: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per study: later calls, resumed runs and other workers read the stored value.
+        """The study's one value of ``compute()``: stored by the first run, returned to every later one.
 
-        Its LM spend is charged every time (cache hits cost what the calls cost), so a resumed
-        run reaches the same point of its budget as the first one did.
+        ``compute()`` still runs each time (from the LM cache after the first), so its spend is
+        charged the same way in a resumed run, which then reaches the same point of its budget;
+        the stored value wins, so workers whose LM sampled differently still agree.
         """
         key = f"oobleck.shared.{name}"
         value = compute()
