@@ -22,36 +22,48 @@ question and the metric checks it, so a score of 1.0 shows every example was ans
 exactly one parsed request (a failed parse would cost a re-ask or a fallback request, and a
 point of score).
 
-Each dev set is sized to take ~2 s at the limit (``max(100, 40 * c)`` examples); every
-(framework, concurrency) pair gets a short unmeasured warm-up (thread pool, HTTP connections),
-then ``--rounds`` measured runs interleaved with the other framework's; the rate reported is
-the median over rounds of examples / wall time of the ``Evaluate`` call. The client's CPU time
-per request and the cores it kept busy (CPU time / wall time) are recorded too: on a small or
-busy machine, or once the client is GIL-bound (~1 core of Python), that is what caps throughput.
+Each framework is measured in its own process, as a user runs it: every measured run is a
+fresh ``benchmarks/_throughput_worker.py`` that imports only oobleck or only DSPy, warms up
+(thread pool, HTTP connections, first-call costs) on a small dev set, times one ``Evaluate``
+call and reports it as JSON on stdout. With both frameworks in one process, each full garbage
+collection rescans both frameworks' objects (70-120 ms here), a cost no user of either one
+pays; ``--in-process`` keeps that old arrangement (both in this process, one warm-up per
+framework and concurrency) for comparison. The server is started once and shared.
+
+Each dev set is sized to take ~2 s at the limit (``max(100, 40 * c)`` examples); at every
+concurrency the ``--rounds`` measured runs alternate between the frameworks (oobleck, DSPy,
+DSPy, oobleck, ...) so machine noise falls on both; the rate reported is the median over rounds
+of examples / wall time of the ``Evaluate`` call. The client's CPU time per request and the
+cores it kept busy (CPU time / wall time) are recorded too: on a small or busy machine, or once
+the client is GIL-bound (~1 core of Python), that is what caps throughput.
 
 Target: at least 0.9 of the latency limit at every concurrency (oobleck).
 
-    python benchmarks/throughput.py [--concurrency 1 8 32 64] [--rounds 3] [--latency 0.05]
+    python benchmarks/throughput.py [--concurrency 1 8 32 64] [--rounds 3] [--latency 0.05] [--in-process]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from _common import console, load_note, median, verdict, write_result
+from _throughput_worker import dspy_runner, measure, oobleck_runner, questions, warm_up
 from rich.table import Table
 
 TARGET_FRACTION = 0.9
-SERVER = Path(__file__).resolve().parent / "_echo_server.py"
+HERE = Path(__file__).resolve().parent
+SERVER = HERE / "_echo_server.py"
+WORKER = HERE / "_throughput_worker.py"
+NAMES = ("oobleck", "DSPy")
 
 
 # -- the server process ----------------------------------------------------------------------
@@ -65,7 +77,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> ServerProcess:  # noqa: PYI034 (typing.Self needs Python 3.11)
         self.proc = subprocess.Popen([sys.executable, str(SERVER), "--latency", str(self.latency)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         line: list[str] = []
@@ -90,60 +102,46 @@ class ServerProcess:
             self.proc.wait()
 
 
-# -- the two frameworks ----------------------------------------------------------------------
+# -- one measured run, in its own process or in this one ----------------------------------------
+
+Sampler = Callable[[str, int, int], dict[str, Any]]
 
 
-def questions(n: int) -> list[str]:
-    return [f"What is item number {i}?" for i in range(n)]
+def subprocess_sampler(url: str, mode: str) -> Sampler:
+    """(framework, threads, examples) -> one measurement, taken by a fresh worker process."""
+
+    def sample(name: str, threads: int, examples: int) -> dict[str, Any]:
+        cmd = [sys.executable, str(WORKER), "--framework", name.lower(), "--url", url,
+               "--threads", str(threads), "--examples", str(examples), "--mode", mode]  # fmt: skip
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"the {name} worker failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        result: dict[str, Any] = json.loads(lines[-1])
+        expected = [name.lower()]
+        if result["frameworks_imported"] != expected:  # the point of a separate process
+            raise RuntimeError(f"the {name} worker imported {result['frameworks_imported']}, expected only {expected}")
+        return result
+
+    return sample
 
 
-def oobleck_runner(url: str, mode: str = "auto") -> Callable[[list[str], int], tuple[float, int, str]]:
-    """A function (questions, threads) -> (score in [0, 1], errors, mode used) running one ob.Evaluate."""
-    import oobleck as ob
+def in_process_sampler(url: str, mode: str) -> Sampler:
+    """The same with both frameworks imported here: one heap, one garbage collector for both."""
+    runners = {"oobleck": oobleck_runner(url, mode), "DSPy": dspy_runner(url)}
+    warmed: set[int] = set()
 
-    lm = ob.LM("openai/test", base_url=url + "/v1", cache=False)
-    program = ob.Predict("question -> answer", lm=lm)
+    def sample(name: str, threads: int, examples: int) -> dict[str, Any]:
+        if threads not in warmed:  # both frameworks before the first measured run, as the old code did
+            for runner in runners.values():
+                warm_up(runner, examples, threads)
+            warmed.add(threads)
+        result = measure(runners[name], questions(examples), threads)
+        result["frameworks_imported"] = ["dspy", "oobleck"]
+        result["litellm_imported"] = "litellm" in sys.modules
+        return result
 
-    def metric(example: Any, prediction: Any, trace: Any = None) -> bool:
-        return prediction.answer == example.answer
-
-    def run(qs: list[str], threads: int) -> tuple[float, int, str]:
-        devset = [ob.Example(question=q, answer=q).with_inputs("question") for q in qs]
-        result = ob.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False, mode=mode)(program)  # type: ignore[arg-type]
-        return result.score, result.errors, result.mode
-
-    return run
-
-
-def dspy_runner(url: str) -> Callable[[list[str], int], tuple[float, int, str]]:
-    """The same with dspy.Evaluate; DSPy reports scores in percent, converted to [0, 1]."""
-    import logging
-
-    import dspy
-
-    logging.getLogger("dspy").setLevel(logging.WARNING)  # Evaluate logs "Average Metric" at INFO on every run
-    lm = dspy.LM("openai/test", api_base=url + "/v1", api_key="x", cache=False)
-    program = dspy.Predict("question -> answer")
-    program.set_lm(lm)
-
-    def metric(example: Any, prediction: Any, trace: Any = None) -> bool:
-        return prediction.answer == example.answer
-
-    def run(qs: list[str], threads: int) -> tuple[float, int, str]:
-        devset = [dspy.Example(question=q, answer=q).with_inputs("question") for q in qs]
-        result = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, display_progress=False, max_errors=len(qs) + 1)(program)
-        errors = sum(1 for _, prediction, _ in result.results if not hasattr(prediction, "answer"))
-        return float(result.score) / 100, errors, "threads"
-
-    return run
-
-
-def measure(run: Callable[[list[str], int], tuple[float, int, str]], qs: list[str], threads: int) -> dict[str, Any]:
-    cpu, start = time.process_time(), time.perf_counter()
-    score, errors, mode = run(qs, threads)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"rps": len(qs) / wall, "seconds": wall, "client_cpu_us_per_request": cpu / len(qs) * 1e6, "client_cores_busy": cpu / wall,
-            "score": score, "errors": errors, "mode": mode}  # fmt: skip
+    return sample
 
 
 def main() -> None:
@@ -153,28 +151,28 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--seconds", type=float, default=2.0, help="target length of one run at the limit (dev set sizing)")
     parser.add_argument("--oobleck-mode", choices=["auto", "threads", "async"], default="auto", help="ob.Evaluate(mode=...)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure both frameworks in this one process (the old way, for comparison) instead of a process per run")  # fmt: skip
     args = parser.parse_args()
 
     # Offline and quiet: no model-metadata download attempts, no deprecation chatter.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+    isolation = "in-process" if args.in_process else "process per run"
     rows = []
     with ServerProcess(args.latency) as server:
-        runners = {"oobleck": oobleck_runner(server.url, args.oobleck_mode), "DSPy": dspy_runner(server.url)}
-        names = list(runners)
+        sample = (in_process_sampler if args.in_process else subprocess_sampler)(server.url, args.oobleck_mode)
+        names = list(NAMES)
         for c in args.concurrency:
             limit = c / args.latency
             n = max(100, int(limit * args.seconds))
-            qs = questions(n)
             samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-            with console.status(f"concurrency {c}: {n} examples x {args.rounds} rounds per framework"):
-                for name in names:  # warm-up: threads, connections, lazy imports
-                    runners[name](questions(min(n, 2 * c)), c)
+            with console.status(f"concurrency {c}: {n} examples x {args.rounds} rounds per framework ({isolation})"):
                 for r in range(args.rounds):
                     order = names if r % 2 == 0 else names[::-1]
                     for name in order:
-                        samples[name].append(measure(runners[name], qs, c))
+                        samples[name].append(sample(name, c, n))
             row: dict[str, Any] = {"concurrency": c, "examples": n, "limit_rps": limit}
             for name in names:
                 runs = samples[name]
@@ -196,9 +194,11 @@ def main() -> None:
                 f"c={c}: oobleck {row['oobleck']['rps']:.0f} req/s ({row['oobleck']['fraction_of_limit']:.2f} of limit, {row['oobleck']['mode']}), "
                 f"DSPy {row['DSPy']['rps']:.0f} req/s ({row['DSPy']['fraction_of_limit']:.2f})"
             )
-    litellm_used = "litellm" in sys.modules  # DSPy 3.4 talks to OpenAI-compatible servers natively unless it falls back to LiteLLM
+    # DSPy 3.4 talks to OpenAI-compatible servers natively unless it falls back to LiteLLM.
+    litellm_used = any(s["litellm_imported"] for row in rows for s in row["DSPy"]["runs"])
 
-    table = Table(title=f"Evaluate throughput vs a {args.latency * 1000:.0f} ms server (median of {args.rounds} interleaved runs)")
+    where = "both frameworks in one process" if args.in_process else "each run in its own process"
+    table = Table(title=f"Evaluate throughput vs a {args.latency * 1000:.0f} ms server (median of {args.rounds} interleaved runs, {where})")
     table.add_column("threads", justify="right")
     table.add_column("examples", justify="right")
     table.add_column("limit req/s", justify="right")
@@ -234,6 +234,7 @@ def main() -> None:
         "latency_s": args.latency,
         "rounds": args.rounds,
         "oobleck_mode": args.oobleck_mode,
+        "isolation": isolation,
         "dspy_imported_litellm": litellm_used,
         "rows": rows,
         "target_met": all(r["target_met"] for r in rows),
