@@ -5,7 +5,13 @@ trainsets) and instruction candidates (``InstructionProposer``, shown those demo
 trial picks one instruction and one demo set per predictor, scores the program on a seeded
 minibatch of the dev set in chunks (optuna's median pruner stops hopeless trials early), and
 every ``full_eval_every`` trials the best combination so far is scored on the whole dev set.
-At the end the top combinations by mean minibatch score are fully scored and the best wins.
+The program as given is trial 0 (it is a combination too: instruction 0, demo set 0), scored
+on its minibatch like any other, not on the whole dev set. Combinations are ranked by their
+minibatch evidence (every example scored, pruned trials included), shrunk toward the mean of
+all trials, so thin evidence counts for less (20/20 outranks 10/10). The top ``num_final`` are
+fully scored and the best fully scored one wins, unless it does worse than the program as
+given on the examples both were scored on: then the baseline is fully scored too and kept if
+it is at least as good, so the result is never worse than the baseline on what was measured.
 
 Everything lives in a ``CompileSession``: trials resume after a crash, several workers can
 share one study, and the budget covers setup, trials and full evaluations. One seed drives
@@ -18,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -79,26 +86,26 @@ class Bayesian(Optimizer):
     def plan(self, program: Module, n_train: int, n_dev: int) -> list[Any]:
         """Program runs per phase, for dry runs.
 
-        Assumes 40% of teacher runs pass the metric (runs go in chunks of 2 x threads), a
-        quarter of proposals repeat an earlier one and are asked again, no trial is pruned,
-        and the periodic and final full evaluations share one candidate.
+        Assumes 40% of teacher runs pass the metric (waves are sized to the demos still
+        needed), a quarter of proposals repeat an earlier one and are asked again, no trial
+        is pruned, the periodic and final full evaluations share one candidate, and the winner
+        beats the baseline on the baseline's minibatch (so the baseline is not fully scored).
         """
         from oobleck.optimizers.estimate import Phase
 
-        chunk = 2 * max(1, self.num_threads)
         bootstraps = max(0, self.num_demo_sets - 2)
-        needed = math.ceil(self.max_demos / 0.4)
-        teacher_runs = min(max(n_train - self.max_demos, 1), chunk * math.ceil(needed / chunk))
+        pool = max(n_train - self.max_demos, 1)
+        wanted = [self.max_demos] + [(1 + self.max_demos) / 2] * max(0, bootstraps - 1)
+        teacher_runs = sum(min(pool, math.ceil(k / 0.4)) for k in wanted[:bootstraps])
         sizes = [0, self.max_demos] + [self.max_demos] + [(1 + self.max_demos) / 2] * max(0, bootstraps - 1)
         mean_demos = sum(sizes[: max(self.num_demo_sets, 1)]) / max(min(len(sizes), self.num_demo_sets), 1)
         periodic = (self.num_trials - 1) // self.full_eval_every if self.full_eval_every > 0 else 0
         full = min(self.num_trials, max(self.num_final, self.num_final + periodic - 1))
         extra = 0 if self._proposer.style == "induction" else 150
         return [
-            Phase("bootstrap demo sets", bootstraps * teacher_runs, demos=self.max_demos),
+            Phase("bootstrap demo sets", teacher_runs, demos=self.max_demos),
             Phase("instruction proposals", 1.25 * max(0, self.num_instructions - 1), demos=4, extra_prompt=extra),
-            Phase("baseline on dev", n_dev),
-            Phase("trials (minibatches)", self.num_trials * min(self.minibatch_size, n_dev), demos=mean_demos),
+            Phase("trials (minibatches; trial 0 is the baseline)", self.num_trials * min(self.minibatch_size, n_dev), demos=mean_demos),
             Phase("full dev evaluations", full * n_dev, demos=mean_demos),
         ]
 
@@ -113,7 +120,7 @@ class Bayesian(Optimizer):
             k = self.max_demos if i == 0 else rng.randint(1, self.max_demos)
             candidate = bootstrap_candidate(student, trainset, self.metric, max_demos=k, max_labeled_demos=self.max_labeled_demos,
                                             teacher_demos=self.max_demos, num_threads=self.num_threads, seed=seed,
-                                            source=f"bootstrap #{i}")  # fmt: skip
+                                            source=f"bootstrap #{i}", adaptive=True)  # fmt: skip
             sets.append(candidate)
         return sets
 
@@ -131,30 +138,33 @@ class Bayesian(Optimizer):
         label = ", ".join(f"{n}: i{params[f'{n}.instruction']} d{params[f'{n}.demos']}" for n in names)
         return Candidate(instructions=instructions, demos=demos, source=label)
 
-    def _evaluate(self, program: Module, examples: Sequence[Example]) -> float:
-        return Evaluate(devset=list(examples), metric=self.metric, num_threads=self.num_threads, display_progress=False)(program).score
+    def _evaluate(self, program: Module, examples: Sequence[Example]) -> list[float]:
+        """Per-example scores, in the order of ``examples``."""
+        return Evaluate(devset=list(examples), metric=self.metric, num_threads=self.num_threads, display_progress=False)(program).scores
 
-    def _minibatch(self, valset: list[Example], index: int) -> list[Example]:
-        if len(valset) <= self.minibatch_size:
-            return list(valset)
-        return random.Random(f"{self.seed}-minibatch-{index}").sample(valset, self.minibatch_size)
+    def _minibatch(self, n_dev: int, index: int) -> list[int]:
+        """Positions in the dev set of trial ``index``'s minibatch (seeded: a resumed run draws the same)."""
+        if n_dev <= self.minibatch_size:
+            return list(range(n_dev))
+        return random.Random(f"{self.seed}-minibatch-{index}").sample(range(n_dev), self.minibatch_size)
 
-    def _trial_work(self, program: Module, candidate: Candidate, batch: list[Example]) -> Callable[[Any], float]:
+    def _trial_work(self, program: Module, candidate: Candidate, valset: list[Example], batch: list[int]) -> Callable[[Any], float]:
         import optuna
 
         def work(trial: Any) -> float:
             compiled = candidate.apply(program)
             chunk = max(5, len(batch) // 3)
-            total, seen = 0.0, 0
+            scores: list[float] = []
             for step, start in enumerate(range(0, len(batch), chunk)):
-                part = batch[start : start + chunk]
-                total += self._evaluate(compiled, part) * len(part)
-                seen += len(part)
-                if seen < len(batch) and self.pruning:
-                    trial.report(total / seen, step)
+                scores += self._evaluate(compiled, [valset[i] for i in batch[start : start + chunk]])
+                mean = sum(scores) / len(scores)
+                if len(scores) < len(batch) and self.pruning:
+                    trial.report(mean, step)
                     if trial.should_prune():
-                        raise optuna.TrialPruned(total / seen)
-            return total / seen
+                        _record_examples(trial, batch, scores)
+                        raise optuna.TrialPruned(mean)
+            _record_examples(trial, batch, scores)
+            return sum(scores) / len(scores)
 
         return work
 
@@ -168,9 +178,10 @@ class Bayesian(Optimizer):
                 session.spend.add(stored["spend"])
             return float(stored["score"])
         with spending() as spent:
-            score = self._evaluate(candidate.apply(program), valset)
+            scores = self._evaluate(candidate.apply(program), valset)
+        score = sum(scores) / len(scores)
         session.charged.add(attr)
-        session.study.set_user_attr(attr, {"score": score, "spend": spent.to_dict(), "label": candidate.source})
+        session.study.set_user_attr(attr, {"score": score, "scores": scores, "spend": spent.to_dict(), "label": candidate.source})
         return score
 
     # -- the search --------------------------------------------------------------------------
@@ -199,13 +210,12 @@ class Bayesian(Optimizer):
                 for n in names:
                     distributions[f"{n}.instruction"] = optuna.distributions.CategoricalDistribution(list(range(len(setup["instructions"][n]))))
                     distributions[f"{n}.demos"] = optuna.distributions.CategoricalDistribution(list(range(len(setup["demo_sets"]))))
-                baseline = self._candidate(setup, {k: 0 for k in distributions}, names)
-                scores["baseline"] = self._full(session, program, baseline, valset, "baseline")
                 self._search(session, program, setup, names, distributions, valset)
             except BudgetExceeded as exc:
                 session.stopped = str(exc)
                 logger.warning("compile stopped: %s; keeping the best candidate so far", exc)
             chosen, full_scores = self._choose(session, program, setup, names, valset)
+            scores.update(self._baseline_scores(session, names))
         if chosen is None:
             chosen = Candidate.from_program(program, source="program (nothing was scored within the budget)")
         compiled = chosen.apply(program)
@@ -223,6 +233,7 @@ class Bayesian(Optimizer):
         import optuna
 
         startup = max(2, min(8, self.num_trials // 3))
+        baseline = _baseline_params(names)
         index = 0
         if session.exclusive:  # a resumed run: charge the finished steps in the order they ran
             done = {int(t.user_attrs.get("index", t.number)) for t in session.finished()}
@@ -238,6 +249,10 @@ class Bayesian(Optimizer):
             self._maybe_full_eval(session, program, setup, names, valset, index)
             sampler = optuna.samplers.TPESampler(seed=_derive(self.seed, index), multivariate=True, n_startup_trials=startup,
                                                  constant_liar=not session.exclusive)  # fmt: skip
+            if index == 0:  # the program as given is the first trial (with workers: whoever takes step 0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    sampler = optuna.samplers.PartialFixedSampler(baseline, sampler)
             trial = session.ask(index, distributions, sampler=sampler)
             if not session.exclusive:
                 index = session.index_of(trial)
@@ -246,29 +261,39 @@ class Bayesian(Optimizer):
                     break
                 trial.set_user_attr("index", index)
             candidate = self._candidate(setup, trial.params, names)
-            batch = self._minibatch(valset, index)
-            score = session.run(trial, candidate.source, self._trial_work(program, candidate, batch), key=candidate_key(trial.params))
+            batch = self._minibatch(len(valset), index)
+            work = self._trial_work(program, candidate, valset, batch)
+            score = session.run(trial, candidate.source, work, key=candidate_key(trial.params))
             logger.info("trial %d (%s): %.3f", index, candidate.source, score)
             index += 1
         if not session.exclusive:
             session.wait_for_others()
         self._maybe_full_eval(session, program, setup, names, valset, self.num_trials)
 
-    def _ranked(self, session: CompileSession, before: int | None = None) -> list[tuple[float, int, dict[str, Any]]]:
-        """Parameter combinations by mean minibatch score over complete trials of steps < ``before`` (ties: earliest)."""
-        groups: dict[str, tuple[list[float], int, dict[str, Any]]] = {}
+    def _evidence(self, session: CompileSession, before: int | None = None) -> dict[str, _Evidence]:
+        """Per parameter combination: every example score its finished trials of steps < ``before`` saw."""
+        groups: dict[str, _Evidence] = {}
         for trial in session.finished():
-            if trial.state.name != "COMPLETE" or trial.value is None:
-                continue
-            key = candidate_key(trial.params)
             index = int(trial.user_attrs.get("index", trial.number))
             if before is not None and index >= before:
                 continue
-            values, first, params = groups.get(key, ([], index, dict(trial.params)))
-            values.append(float(trial.value))
-            groups[key] = (values, min(first, index), params)
-        ranked = [(sum(v) / len(v), first, params) for v, first, params in groups.values()]
-        return sorted(ranked, key=lambda r: (-r[0], r[1]))
+            rows = trial.user_attrs.get("examples")
+            if rows is None:  # a study written before per-example scores were kept
+                if trial.state.name != "COMPLETE" or trial.value is None:
+                    continue
+                rows = [[-1, float(trial.value)]] * self.minibatch_size
+            key = candidate_key(trial.params)
+            group = groups.setdefault(key, _Evidence(params=dict(trial.params), first=index))
+            group.first = min(group.first, index)
+            group.rows += [(int(i), float(v)) for i, v in rows]
+        return groups
+
+    def _ranked(self, session: CompileSession, before: int | None = None) -> list[_Evidence]:
+        """Parameter combinations, best first, by shrunk mean minibatch score (ties: earliest step)."""
+        groups = list(self._evidence(session, before).values())
+        for group, estimate in zip(groups, _shrunk([(g.total, len(g.rows)) for g in groups]), strict=True):
+            group.estimate = estimate
+        return sorted(groups, key=lambda g: (-g.estimate, g.first))
 
     def _maybe_full_eval(self, session: CompileSession, program: Module, setup: dict[str, Any], names: list[str],
                          valset: list[Example], index: int) -> None:  # fmt: skip
@@ -276,42 +301,125 @@ class Bayesian(Optimizer):
             return
         ranked = self._ranked(session, before=index)
         if ranked:
-            params = ranked[0][2]
+            params = ranked[0].params
             self._full(session, program, self._candidate(setup, params, names), valset, candidate_key(params))
+
+    def _baseline_scores(self, session: CompileSession, names: list[str]) -> dict[str, Any]:
+        """The program as given: its full-dev score if it got one, else its mean on the examples it was scored on."""
+        key = candidate_key(_baseline_params(names))
+        stored = session.study.user_attrs.get(f"oobleck.full.{key}")
+        if stored is not None:
+            return {"baseline": float(stored["score"]), "baseline_examples": len(stored.get("scores") or []) or None}
+        group = self._evidence(session).get(key)
+        if group is None or not group.rows:
+            return {"baseline": None, "baseline_examples": 0}
+        return {"baseline": group.mean, "baseline_examples": len(group.rows)}
 
     def _choose(self, session: CompileSession, program: Module, setup: dict[str, Any] | None, names: list[str],
                 valset: list[Example]) -> tuple[Candidate | None, dict[str, float]]:  # fmt: skip
-        """Fully score the top combinations (and the baseline) and return the best."""
+        """Fully score the top combinations and return the best, never worse than the baseline on what was measured."""
         if setup is None:
             return None, {}
-        options: list[tuple[str, dict[str, Any]]] = [("baseline", {f"{n}.{kind}": 0 for n in names for kind in ("instruction", "demos")})]
-        options += [(candidate_key(params), params) for _, _, params in self._ranked(session)[: self.num_final]]
-        full_scores: dict[str, float] = {}
-        best: Candidate | None = None
         ranked = self._ranked(session)
-        for key, params in options:
-            candidate = self._candidate(setup, params, names)
+        baseline_key = candidate_key(_baseline_params(names))
+        full_scores: dict[str, float] = {}
+        scored: dict[str, Candidate] = {}
+
+        def full(group: _Evidence) -> bool:
+            key = candidate_key(group.params)
+            candidate = self._candidate(setup, group.params, names)
             try:
                 score = self._full(session, program, candidate, valset, key)
             except BudgetExceeded as exc:
                 session.stopped = session.stopped or str(exc)
-                attr = session.study.user_attrs.get(f"oobleck.full.{key}")
-                if attr is None:
-                    continue
-                score = float(attr["score"])
-            full_scores[candidate.source] = score
-            candidate.score = score
-            if best is None or score > (best.score or 0.0):
-                best = candidate
-        if ranked and len(full_scores) <= 1 and session.stopped:
-            # The budget ran out before any searched candidate got a full score: trust the
-            # minibatches over falling back to the unoptimized program.
-            mean, _, params = ranked[0]
-            top = self._candidate(setup, params, names)
-            if best is None or mean > (best.score or 0.0):
-                top.score = mean
-                best = top
-        return best, full_scores
+                return False
+            candidate.score = full_scores[candidate.source] = score
+            scored[key] = candidate
+            return True
+
+        for group in ranked[: self.num_final]:
+            if not full(group):
+                break
+        stored = session.study.user_attrs
+        for group in ranked[self.num_final :]:  # fully scored earlier (every ``full_eval_every`` trials): free evidence
+            if f"oobleck.full.{candidate_key(group.params)}" in stored:
+                full(group)
+        if not scored:
+            if not ranked:
+                return None, full_scores
+            # The budget ran out before any candidate got a full score: trust the minibatches
+            # over falling back to the unoptimized program.
+            top = self._candidate(setup, ranked[0].params, names)
+            top.score = ranked[0].mean
+            return top, full_scores
+        best_key = max(scored, key=lambda k: scored[k].score or 0.0)  # first (best ranked) on ties
+        base = next((g for g in ranked if candidate_key(g.params) == baseline_key), None)
+        if best_key != baseline_key and base is not None and baseline_key not in scored:
+            per_example = session.study.user_attrs.get(f"oobleck.full.{best_key}", {}).get("scores") or []
+            seen = {i: v for i, v in base.rows if 0 <= i < len(per_example)}
+            ours = sum(per_example[i] for i in seen) / len(seen) if seen else scored[best_key].score or 0.0
+            theirs = sum(seen.values()) / len(seen) if seen else base.mean
+            if ours < theirs and not full(base):  # no budget left to settle it: keep what measured better
+                fallback = self._candidate(setup, base.params, names)
+                fallback.score = base.mean
+                return fallback, full_scores
+        if baseline_key in scored and (scored[baseline_key].score or 0.0) >= (scored[best_key].score or 0.0):
+            best_key = baseline_key  # the search found nothing better than the program as given
+        return scored[best_key], full_scores
+
+
+class _Evidence:
+    """The example scores one parameter combination got in its trials, and its ranking estimate."""
+
+    __slots__ = ("estimate", "first", "params", "rows")
+
+    def __init__(self, params: dict[str, Any], first: int):
+        self.params = params
+        self.first = first
+        self.rows: list[tuple[int, float]] = []  # (position in the dev set, score)
+        self.estimate = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(v for _, v in self.rows)
+
+    @property
+    def mean(self) -> float:
+        return self.total / len(self.rows) if self.rows else 0.0
+
+
+def _shrunk(groups: Sequence[tuple[float, int]]) -> list[float]:
+    """Posterior mean scores of (total score, examples) groups under a beta prior fitted to all of them.
+
+    The prior's mean is the mean of every example scored; its strength is what the spread
+    between groups says is noise (method of moments: the spread beyond binomial noise is real).
+    A combination seen on few examples is pulled toward the mean more than one seen on many:
+    a repeated perfect score outranks a single one, and one lucky minibatch counts for less
+    the less the trials differ beyond noise.
+    """
+    n = sum(k for _, k in groups)
+    if n == 0:
+        return [0.0 for _ in groups]
+    mu = sum(t for t, _ in groups) / n
+    noise = mu * (1 - mu)  # per-example variance of a 0/1 metric with this mean (an upper bound for graded ones)
+    largest = max(k for _, k in groups)
+    if noise <= 0 or len(groups) < 2:
+        strength = 0.0
+    else:
+        between = sum(k * (t / k - mu) ** 2 for t, k in groups if k) / n
+        real = between - noise * len(groups) / n
+        strength = min(2.0 * largest, noise / real - 1) if real > 0 else 2.0 * largest
+        strength = max(0.0, strength)
+    return [(t + strength * mu) / (k + strength) if k + strength > 0 else mu for t, k in groups]
+
+
+def _record_examples(trial: Any, batch: Sequence[int], scores: Sequence[float]) -> None:
+    """Keep which dev examples a trial scored and how, for ranking and the baseline comparison."""
+    trial.set_user_attr("examples", [[int(i), float(v)] for i, v in zip(batch, scores, strict=False)])
+
+
+def _baseline_params(names: Sequence[str]) -> dict[str, int]:
+    return {f"{n}.{kind}": 0 for n in names for kind in ("instruction", "demos")}
 
 
 def _derive(seed: int, index: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,12 +68,16 @@ def bootstrap_candidate(
     num_threads: int = 8,
     seed: int | None = 0,
     source: str = "bootstrap",
+    adaptive: bool = False,
 ) -> Candidate:
     """Run a teacher over the trainset; keep the traces of runs that pass the metric as demos.
 
     ``seed=None`` keeps the trainset order; otherwise it is shuffled with the seed. Without an
     explicit teacher, the student itself teaches, shown ``teacher_demos`` labeled examples
     (default ``max_demos``) that are then left out of the pool, so no demo answers itself.
+    Teacher runs go in waves of 2 x ``num_threads``; ``adaptive`` sizes each wave to the demos
+    still needed at the pass rate seen so far (50% before any run), at most that, so a teacher
+    that passes often is not run far past the demos it has to find.
     """
     items = list(trainset)
     rng = random.Random(seed)
@@ -117,20 +122,25 @@ def bootstrap_candidate(
         return all(len(v) >= max_demos for v in bootstrapped.values())
 
     base_config = {id(p): dict(p.config) for p in teacher.predictors()}
+    tried = passed = 0
     for round_index in range(max_rounds):
         settings = {} if round_index == 0 else {"temperature": 0.7, "rollout_id": f"bootstrap-round-{round_index}"}
         for p in teacher.predictors():
             p.config = {**base_config[id(p)], **settings}
         pending = [i for i in range(len(items)) if i not in used]
         chunk = max(1, num_threads) * 2
-        for start in range(0, len(pending), chunk):
+        start = 0
+        while start < len(pending):
             if full():
                 break
-            batch = pending[start : start + chunk]
+            size = _wave_size(chunk, max_demos - min(len(v) for v in bootstrapped.values()), tried, passed) if adaptive else chunk
+            batch = pending[start : start + size]
+            start += len(batch)
             with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
                 # Each task gets a copy of *this* thread's context (settings, usage scopes).
                 futures = [pool.submit(contextvars.copy_context().run, run, items[i]) for i in batch]
                 traces = [f.result() for f in futures]
+            tried, passed = tried + len(batch), passed + sum(1 for t in traces if t is not None)
             for i, entries in zip(batch, traces, strict=True):  # in trainset order: threads cannot reorder demos
                 if entries is None or full():
                     continue
@@ -147,6 +157,12 @@ def bootstrap_candidate(
     found = {n: len(v) for n, v in bootstrapped.items()}
     logger.info("bootstrapped demos per predictor: %s", found)
     return Candidate(demos=demos, source=source)
+
+
+def _wave_size(limit: int, needed: int, tried: int, passed: int) -> int:
+    """Teacher runs for the next wave: ``needed`` demos at the pass rate so far (Laplace-smoothed), 1..``limit``."""
+    rate = (passed + 1) / (tried + 2)
+    return max(1, min(limit, math.ceil(needed / rate)))
 
 
 def _without_own_demo(teacher: Module, example: Example) -> Module:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -75,8 +76,21 @@ def summarize_data(examples: Sequence[Example], limit: int = 400) -> str:
             lines.append(f"- {key} ({role}): {len(set(values))} distinct values, most common {spread}")
         else:
             lines.append(f"- {key} ({role}): free text, about {mean_len:.0f} characters")
+        if role == "label":
+            lines += _copied_from(examples, key, inputs)
     text = "\n".join(lines)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _copied_from(examples: Sequence[Example], label: str, inputs: set[str]) -> list[str]:
+    """Say so when a label is usually copied out of an input: an extraction task, a fact worth stating."""
+    out = []
+    for key in sorted(inputs):
+        pairs = [(format_value(ex[label]).strip().lower(), format_value(ex[key]).lower()) for ex in examples if label in ex and key in ex]
+        copied = sum(1 for value, text in pairs if value and re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text))
+        if pairs and copied >= 0.5 * len(pairs):
+            out.append(f"  {label} appears verbatim in {key} in {100 * copied / len(pairs):.0f}% of examples")
+    return out
 
 
 def _describe_step(name: str, predictor: Predict) -> str:
