@@ -146,6 +146,32 @@ class Optimizer(ABC):
         }
 
 
+def open_session(optimizer: Optimizer, program: Module, trainset: Sequence[Example], valset: Sequence[Example] | None, *,
+                 pruner: Any = None) -> tuple[list[Example], list[Example], list[str], Any]:  # fmt: skip
+    """Checked train and dev sets, predictor names and the ``CompileSession`` of a resumable search.
+
+    The study is keyed by what makes two compiles the same one (optimizer, settings, data,
+    predictors), so re-running a compile resumes it and a changed one is refused. The
+    optimizer's ``_storage``, ``_study``, ``_budget`` and ``_exclusive`` configure the session.
+    """
+    from oobleck.optimizers.session import CompileSession
+
+    label = type(optimizer).__name__
+    train = check_trainset(trainset)
+    if valset is None:
+        logger.warning("%s got no valset; scoring on the trainset, which flatters candidates", label)
+        valset = train
+    dev = check_trainset(valset, "valset")
+    names = [n for n, _ in program.named_predictors()]
+    if not names:
+        raise ConfigurationError(f"{label} needs a program with at least one predictor; {type(program).__name__} has none")
+    fingerprint = {"optimizer": label, "settings": optimizer.settings(), "train": data_fingerprint(train),
+                   "dev": data_fingerprint(dev), "predictors": names}  # fmt: skip
+    session = CompileSession(storage=optimizer._storage, study_name=optimizer._study, budget=optimizer._budget,  # type: ignore[attr-defined]
+                             fingerprint=fingerprint, exclusive=optimizer._exclusive, pruner=pruner)  # type: ignore[attr-defined]  # fmt: skip
+    return train, dev, names, session
+
+
 def score_candidate(candidate: Candidate, program: Module, valset: Sequence[Example], metric: Callable[..., Any],
                     num_threads: int, display_progress: bool = False) -> tuple[Module, EvaluationResult]:  # fmt: skip
     """Apply a candidate, evaluate it, and store its score and cost on it."""

@@ -35,7 +35,7 @@ from oobleck.example import Example
 from oobleck.lm.base import BaseLM
 from oobleck.lm.budget import Budget, spending
 from oobleck.modules.module import Module
-from oobleck.optimizers.base import Candidate, Optimizer, check_trainset, data_fingerprint
+from oobleck.optimizers.base import Candidate, Optimizer, open_session
 from oobleck.optimizers.bootstrap import LabeledFewShot, bootstrap_candidate
 from oobleck.optimizers.proposer import InstructionProposer
 from oobleck.optimizers.session import CompileSession, candidate_key
@@ -189,17 +189,8 @@ class Bayesian(Optimizer):
     def compile(self, program: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None) -> Module:
         import optuna
 
-        trainset = check_trainset(trainset)
-        if valset is None:
-            logger.warning("Bayesian got no valset; scoring on the trainset, which flatters candidates")
-            valset = trainset
-        valset = check_trainset(valset, "valset")
-        names = [n for n, _ in program.named_predictors()]
-        fingerprint = {"optimizer": "Bayesian", "settings": self.settings(), "train": data_fingerprint(trainset),
-                       "dev": data_fingerprint(valset), "predictors": names}  # fmt: skip
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if self.pruning else optuna.pruners.NopPruner()
-        session = CompileSession(storage=self._storage, study_name=self._study, budget=self._budget, fingerprint=fingerprint,
-                                 exclusive=self._exclusive, pruner=pruner)  # fmt: skip
+        trainset, valset, names, session = open_session(self, program, trainset, valset, pruner=pruner)
         self.session = session
         scores: dict[str, Any] = {}
         setup: dict[str, Any] | None = None

@@ -26,7 +26,7 @@ from oobleck.lm.base import BaseLM
 from oobleck.lm.budget import Budget
 from oobleck.modules.module import Module
 from oobleck.modules.predict import Predict
-from oobleck.optimizers.base import Candidate, Optimizer, check_trainset, data_fingerprint
+from oobleck.optimizers.base import Candidate, Optimizer, open_session
 from oobleck.optimizers.proposer import InstructionProposer
 from oobleck.optimizers.session import CompileSession, candidate_key
 from oobleck.optimizers.steps import StepLoop, logical_spend, session_usage
@@ -117,18 +117,7 @@ class COPRO(Optimizer):
         return [text for text in proposals.get(name, []) if text != current]
 
     def compile(self, program: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None) -> Module:
-        trainset = check_trainset(trainset)
-        if valset is None:
-            logger.warning("COPRO got no valset; scoring on the trainset, which flatters candidates")
-            valset = trainset
-        valset = check_trainset(valset, "valset")
-        names = [n for n, _ in program.named_predictors()]
-        if not names:
-            raise ConfigurationError(f"COPRO needs a program with at least one predictor; {type(program).__name__} has none")
-        fingerprint = {"optimizer": "COPRO", "settings": self.settings(), "train": data_fingerprint(trainset),
-                       "dev": data_fingerprint(valset), "predictors": names}  # fmt: skip
-        session = CompileSession(storage=self._storage, study_name=self._study, budget=self._budget, fingerprint=fingerprint,
-                                 exclusive=self._exclusive)  # fmt: skip
+        trainset, valset, names, session = open_session(self, program, trainset, valset)
         self.session = session
         best = Candidate.from_program(program, source="program as is")
         history: dict[str, list[tuple[str, float]]] = {n: [] for n in names}

@@ -46,7 +46,7 @@ from oobleck.lm.budget import Budget
 from oobleck.modules.module import Module
 from oobleck.modules.predict import Predict
 from oobleck.modules.trace import TraceEntry, trace
-from oobleck.optimizers.base import Candidate, Optimizer, check_trainset, data_fingerprint
+from oobleck.optimizers.base import Candidate, Optimizer, open_session
 from oobleck.optimizers.induction import examples_line, induction_signature
 from oobleck.optimizers.session import CompileSession, candidate_key
 from oobleck.optimizers.steps import StepLoop, session_usage
@@ -373,18 +373,7 @@ class Reflective(Optimizer):
     # -- the loop ----------------------------------------------------------------------------
 
     def compile(self, program: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None) -> Module:
-        trainset = check_trainset(trainset)
-        if valset is None:
-            logger.warning("Reflective got no valset; scoring on the trainset, which flatters candidates")
-            valset = trainset
-        valset = check_trainset(valset, "valset")
-        names = [n for n, _ in program.named_predictors()]
-        if not names:
-            raise ConfigurationError(f"Reflective needs a program with at least one predictor; {type(program).__name__} has none")
-        fingerprint = {"optimizer": "Reflective", "settings": self.settings(), "train": data_fingerprint(trainset),
-                       "dev": data_fingerprint(valset), "predictors": names}  # fmt: skip
-        session = CompileSession(storage=self._storage, study_name=self._study, budget=self._budget, fingerprint=fingerprint,
-                                 exclusive=self._exclusive)  # fmt: skip
+        trainset, valset, names, session = open_session(self, program, trainset, valset)
         self.session = session
         base = Candidate.from_program(program, source="program as is")
         pool: list[_Member] = []
