@@ -349,7 +349,7 @@ def _write_report(opt: Any, compiled: Any, gain: Any, path: Path, spent: Any, bu
     session_spend = extras.get("spend") or spent.to_dict()
     spend = {"calls": session_spend.get("calls", 0), "billed_calls": session_spend.get("billed_calls", 0),
              "tokens": session_spend.get("prompt_tokens", 0) + session_spend.get("completion_tokens", 0), "cost": session_spend.get("cost", 0.0)}  # fmt: skip
-    candidates = [{"label": c.get("source", ""), "score": c.get("score"), "instructions": "", "demos": sum((c.get("demos") or {}).values())}
+    candidates = [{"label": c.get("source", ""), "score": c.get("score"), "instructions": c.get("instructions") or "", "demos": sum((c.get("demos") or {}).values())}
                   for c in info.get("candidates", [])]  # fmt: skip
     stopped = info.get("stopped")
     report = CompileReport(optimizer=info.get("optimizer", type(opt).__name__), metric=str(info.get("metric") or ""), seed=info.get("seed"),

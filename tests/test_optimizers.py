@@ -68,7 +68,8 @@ def test_candidate_from_program_round_trips() -> None:
     assert candidate.instructions["answer"] == program.answer.signature.instructions
     again = candidate.apply(program)
     assert again.answer.signature is program.answer.signature  # unchanged instructions keep the class
-    assert candidate.summary() == {"source": "start", "score": None, "cost": {}, "demos": {"generate_query": 0, "answer": 1}}
+    assert candidate.summary() == {"source": "start", "score": None, "cost": {}, "instructions": candidate.instructions,
+                                   "demos": {"generate_query": 0, "answer": 1}}  # fmt: skip
     assert candidate.to_dict()["demos"]["answer"] == [{"question": "q", "query": "r", "answer": "a"}]
 
 

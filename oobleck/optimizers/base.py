@@ -70,8 +70,8 @@ class Candidate:
                 "demos": {k: [demo_record(d) for d in v] for k, v in self.demos.items()}}  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
-        """The row of a candidates table: no demo contents."""
-        return {"source": self.source, "score": self.score, "cost": dict(self.cost),
+        """The row of a candidates table: its instructions, but only how many demos."""
+        return {"source": self.source, "score": self.score, "cost": dict(self.cost), "instructions": dict(self.instructions),
                 "demos": {k: len(v) for k, v in self.demos.items()}}  # fmt: skip
 
 

@@ -211,7 +211,10 @@ class Bayesian(Optimizer):
             chosen = Candidate.from_program(program, source="program (nothing was scored within the budget)")
         compiled = chosen.apply(program)
         scores.update(best=chosen.score, chosen=chosen.source, full_scores=full_scores)
-        candidates = [Candidate(source=r.label, score=r.score, cost=_logical(r.spend)) for r in session.records()]
+        candidates = []
+        for record in session.records():
+            shown = self._candidate(setup, record.params, names) if setup is not None and len(record.params) == 2 * len(names) else Candidate()
+            candidates.append(Candidate(shown.instructions, shown.demos, score=record.score, cost=_logical(record.spend), source=record.label))
         info = self._provenance(program, seed=self.seed, trainset=trainset, valset=valset, scores=scores, candidates=candidates,
                                 usage=_usage_of(session), metric=self.metric)  # fmt: skip
         info.update(session.provenance())
