@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResponseCache", "default_cache", "request_key", "SECRET_KEYS"]
+__all__ = ["SECRET_KEYS", "ResponseCache", "default_cache", "request_key"]
 
 logger = logging.getLogger("oobleck.lm.cache")
 SECRET_KEYS = frozenset({"api_key", "authorization", "headers", "default_headers", "organization", "project"})
@@ -31,35 +31,51 @@ def request_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class SQLiteStore:
+    """One SQLite file shared by threads and processes: WAL mode, one connection per thread.
+
+    A store that cannot be opened must not stop the user's run: it warns once, naming ``what``,
+    and ``connection()`` then returns None so callers carry on uncached.
+    """
+
+    def __init__(self, path: Path, schema: str, what: str):
+        self.path = path
+        self.schema = schema
+        self.what = what
+        self._local = threading.local()
+        self._disabled_reason: str | None = None
+
+    def connection(self) -> sqlite3.Connection | None:
+        if self._disabled_reason:
+            return None
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(self.schema)
+            except (OSError, sqlite3.Error) as exc:
+                self._disabled_reason = str(exc)
+                logger.warning("%s at %s is unusable (%s); continuing without it", self.what, self.path, exc)
+                return None
+            self._local.conn = conn
+        return conn
+
+
 class ResponseCache:
     """Maps request keys to JSON values in ``<directory>/responses.sqlite``."""
 
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
         self.path = self.directory / "responses.sqlite"
-        self._local = threading.local()
+        self._store = SQLiteStore(self.path, "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)", "LM cache")
         self._memory: dict[str, Any] = {}
         self._memory_lock = threading.Lock()
-        self._disabled_reason: str | None = None
 
     def _conn(self) -> sqlite3.Connection | None:
-        if self._disabled_reason:
-            return None
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            except (OSError, sqlite3.Error) as exc:
-                # A cache that cannot be opened must not stop the user's run; say so once.
-                self._disabled_reason = str(exc)
-                logger.warning("LM cache at %s is unusable (%s); continuing without it", self.path, exc)
-                return None
-            self._local.conn = conn
-        return conn
+        return self._store.connection()
 
     def get(self, key: str) -> Any | None:
         with self._memory_lock:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oobleck.errors import ConfigurationError
-from oobleck.lm.cache import cache_directory
+from oobleck.lm.cache import SQLiteStore, cache_directory
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,26 +50,11 @@ class EmbeddingCache:
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
         self.path = self.directory / "embeddings.sqlite"
-        self._local = threading.local()
-        self._disabled_reason: str | None = None
+        schema = "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, vector BLOB NOT NULL)"
+        self._store = SQLiteStore(self.path, schema, "embedding cache")
 
     def _conn(self) -> sqlite3.Connection | None:
-        if self._disabled_reason:
-            return None
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, vector BLOB NOT NULL)")
-            except (OSError, sqlite3.Error) as exc:
-                self._disabled_reason = str(exc)
-                logger.warning("embedding cache at %s is unusable (%s); continuing without it", self.path, exc)
-                return None
-            self._local.conn = conn
-        return conn
+        return self._store.connection()
 
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         import numpy as np
