@@ -294,7 +294,8 @@ def compile(
             before, after = scorer(student), scorer(compiled)
             scores.update({f"{label}_before": before.score, f"{label}_after": after.score})
             rows.append((label, len(data), before, after))
-            heldout = (before, after)
+            if label == "test":  # dev chose the candidate: only the test set is held out
+                heldout = (before, after)
     if len(info.get("candidates", [])) > 1 and not resumable:
         console.print(_candidates_table(info["candidates"]))
     if rows:
