@@ -26,6 +26,8 @@ from oobleck.modules.module import Module
 __all__ = ["Candidate", "Optimizer", "check_trainset", "data_fingerprint"]
 
 logger = logging.getLogger("oobleck.optimizers")
+# What a compile leaves on a resumable optimizer (its session, report data): state, not settings.
+_RUN_STATE = frozenset({"session", "report_extras"})
 
 
 def demo_record(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,7 +116,7 @@ class Optimizer(ABC):
         """Settings recorded in provenance (JSON-ready, no callables)."""
         out = {}
         for key, value in vars(self).items():
-            if key.startswith("_") or callable(value) or isinstance(value, Module):
+            if key.startswith("_") or key in _RUN_STATE or callable(value) or isinstance(value, Module):
                 continue
             out[key] = to_jsonable(value)
         return out

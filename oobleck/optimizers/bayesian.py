@@ -78,8 +78,6 @@ class Bayesian(Optimizer):
 
     def settings(self) -> dict[str, Any]:
         out = super().settings()
-        out.pop("session", None)
-        out.pop("report_extras", None)
         out["proposer"] = self._proposer.settings()
         return out
 

@@ -78,8 +78,6 @@ class COPRO(Optimizer):
 
     def settings(self) -> dict[str, Any]:
         out = super().settings()
-        out.pop("session", None)
-        out.pop("report_extras", None)
         out["prompt_lm"] = self._prompt_lm.describe()["model"] if self._prompt_lm is not None else None
         return out
 

@@ -215,8 +215,6 @@ class Reflective(Optimizer):
 
     def settings(self) -> dict[str, Any]:
         out = super().settings()
-        out.pop("session", None)
-        out.pop("report_extras", None)
         out["reflection_lm"] = self._reflection_lm.describe()["model"] if self._reflection_lm is not None else None
         out["feedback"] = getattr(self._feedback, "__name__", type(self._feedback).__name__) if self._feedback is not None else None
         return out
