@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from oobleck.errors import ParseError
-from oobleck.signatures.types import coerce
+from oobleck.signatures.types import choices_of, coerce
 
 if TYPE_CHECKING:
     from oobleck.lm.base import BaseLM
@@ -68,6 +68,24 @@ class Adapter(ABC):
     def lm_settings(self, signature: type[Signature]) -> dict[str, Any]:
         """Extra LM settings this format needs (e.g. stop sequences)."""
         return {}
+
+    def completion_text(self, signature: type[Signature], outputs: Mapping[str, Any]) -> str | None:
+        """The completion this format expects for ``outputs``: the target when training on a prompt
+        (soft prompts); None where the format cannot write one."""
+        return None
+
+    def choice_completions(self, signature: type[Signature]) -> list[str] | None:
+        """Completions answering each allowed label of a one-output classification signature, in label order.
+
+        An LM that can score choices (in-process models) then picks one of these instead of
+        generating freely; None where this format cannot write such a completion.
+        """
+        outputs = list(signature.output_fields.values())
+        labels = choices_of(outputs[0].annotation) if len(outputs) == 1 else None
+        if not labels:
+            return None
+        texts = [self.completion_text(signature, {outputs[0].name: label}) for label in labels]
+        return None if any(t is None for t in texts) else [str(t) for t in texts]
 
     def retry_messages(self, messages: list[Message], completion: str, error: ParseError) -> tuple[list[Message], dict[str, Any]]:
         """Messages and settings for the single re-ask after a parse failure."""

@@ -100,6 +100,11 @@ class ChatAdapter(Adapter):
         messages.append({"role": "user", "content": self._block(input_fields, inputs) + "\n\n" + closing})
         return messages
 
+    def completion_text(self, signature: type[Signature], outputs: Mapping[str, Any]) -> str | None:
+        if any(n not in outputs for n in signature.output_fields):
+            return None
+        return self._block(signature.output_fields, outputs, outputs=True) + f"\n\n{marker('completed')}"
+
     def parse_fields(self, signature: type[Signature], completion: str) -> dict[str, str]:
         sections: dict[str, str] = {}
         outputs = signature.output_fields

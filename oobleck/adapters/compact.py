@@ -75,6 +75,13 @@ class CompactAdapter(Adapter):
                 found[current] = (found[current] + "\n" + line).strip()
         return found
 
+    def completion_text(self, signature: type[Signature], outputs: Mapping[str, Any]) -> str | None:
+        fields = list(signature.output_fields.values())
+        if any(f.name not in outputs for f in fields):
+            return None
+        first, *rest = fields
+        return " " + "\n".join([_one_line(outputs[first.name]), *(f"{f.label}: {_one_line(outputs[f.name])}" for f in rest)])
+
     def retry_messages(self, messages: list[Message], completion: str, error: ParseError) -> tuple[list[Message], dict[str, Any]]:
         # Small models cannot read feedback; a second, sampled attempt is the useful re-ask.
         return messages, {"temperature": 0.7, "rollout_id": "reask"}

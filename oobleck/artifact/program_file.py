@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ __all__ = ["save_program", "load_program", "read_manifest", "FORMAT", "SCHEMA_VE
 FORMAT = "oobleck.program"
 SCHEMA_VERSION = 1
 PROGRAM_FILE = "program.json"
+SOFT_PROMPT_DIR = "soft_prompts"
 _KINDS: dict[str, type[Predict]] = {"Predict": Predict, "ChainOfThought": ChainOfThought}
 
 
@@ -54,6 +56,12 @@ def _predictor_state(predictor: Predict) -> dict[str, Any]:
     }
 
 
+def _soft_prompt_file(name: str) -> str:
+    """Where a predictor's soft prompt tensors live inside the artifact folder."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "predictor"
+    return f"{SOFT_PROMPT_DIR}/{safe}.safetensors"
+
+
 def save_program(program: Module, path: str | os.PathLike[str], *, provenance: Mapping[str, Any] | None = None) -> Path:
     """Write ``program`` to the folder ``path`` atomically; returns the folder."""
     if not isinstance(program, Module):
@@ -62,12 +70,16 @@ def save_program(program: Module, path: str | os.PathLike[str], *, provenance: M
     predictors = program.named_predictors()
     if not predictors:
         raise ArtifactError(f"{type(program).__name__} has no predictors to save")
+    states = {name: _predictor_state(p) for name, p in predictors}
+    soft = {name: p.soft_prompt for name, p in predictors if p.soft_prompt is not None}
+    for name, prompt in soft.items():
+        states[name]["soft_prompt"] = prompt.manifest(_soft_prompt_file(name))
     document = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "oobleck_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "program": {"class": type(program).__name__, "predictors": {name: _predictor_state(p) for name, p in predictors}},
+        "program": {"class": type(program).__name__, "predictors": states},
         "provenance": to_jsonable(dict(provenance or {})),
     }
     if isinstance(program, EnsembleProgram):
@@ -84,6 +96,10 @@ def save_program(program: Module, path: str | os.PathLike[str], *, provenance: M
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        if soft:
+            (staging / SOFT_PROMPT_DIR).mkdir()
+            for name, prompt in soft.items():
+                prompt.save_tensors(staging / _soft_prompt_file(name))
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -183,10 +199,45 @@ def _validate(document: Any, file: Path) -> None:
                 selector_from_dict(state["demo_selector"])
             except ArtifactError as exc:
                 raise _fail(file, f"{where}: {exc}") from None
+        if state.get("soft_prompt") is not None:
+            _validate_soft_prompt(state["soft_prompt"], where, file)
     if "ensemble" in program:
         _validate_ensemble(program, file)
     if not isinstance(document.get("provenance", {}), dict):
         raise _fail(file, "provenance must be an object")
+
+
+def _validate_soft_prompt(entry: Any, where: str, file: Path) -> None:
+    from oobleck.lm.soft_prompt import METHODS
+
+    if not isinstance(entry, dict):
+        raise _fail(file, f"{where}: soft_prompt must be an object")
+    name = entry.get("file")
+    if not isinstance(name, str) or not re.fullmatch(rf"{SOFT_PROMPT_DIR}/[A-Za-z0-9_.-]+\.safetensors", name) or ".." in name:
+        raise _fail(file, f"{where}: soft_prompt.file must name a .safetensors file in {SOFT_PROMPT_DIR}/, not {name!r}")
+    if entry.get("method") not in METHODS:
+        raise _fail(file, f"{where}: soft_prompt.method {entry.get('method')!r} is not one of {', '.join(METHODS)}")
+    for key in ("base_model", "base_sha256"):
+        if not isinstance(entry.get(key), str):
+            raise _fail(file, f"{where}: soft_prompt.{key} must be text")
+    if not isinstance(entry.get("config"), dict):
+        raise _fail(file, f"{where}: soft_prompt.config must be an object")
+    labels = entry.get("labels")
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+        raise _fail(file, f"{where}: soft_prompt.labels must be a list of text")
+
+
+def _soft_prompt(state: dict[str, Any], file: Path) -> Any:
+    """The predictor's saved soft prompt (tensors read and checked against their sha256), or None."""
+    entry = state.get("soft_prompt")
+    if entry is None:
+        return None
+    from oobleck.lm.soft_prompt import SoftPromptState
+
+    try:
+        return SoftPromptState.from_manifest(entry, file.parent)
+    except ArtifactError as exc:
+        raise _fail(file, str(exc)) from None
 
 
 def _signature(state: dict[str, Any], name: str, file: Path) -> type[Signature]:
@@ -216,6 +267,7 @@ def _build_predictor(state: dict[str, Any], name: str, file: Path) -> Predict:
     if state["kind"] == "ChainOfThought":
         predictor.__class__ = ChainOfThought  # the stored signature already holds the reasoning field
     predictor.demo_selector = _demo_selector(state, name, file, signature)
+    predictor.soft_prompt = _soft_prompt(state, file)
     return predictor
 
 
@@ -280,17 +332,21 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
                 )
             adapter = _adapter(state, name, file) if predictor.adapter is None else predictor.adapter
             planned.append((predictor, signature.instructions, state.get("demos", []), adapter))
-            selectors.append((predictor, _demo_selector(state, name, file, signature)))
+            selectors.append((predictor, _demo_selector(state, name, file, signature), _soft_prompt(state, file)))
         for predictor, instructions, demos, adapter in planned:
             predictor.signature = predictor.signature.with_instructions(instructions)
             predictor.demos = [dict(d) for d in demos]
             predictor.adapter = adapter
-        for predictor, selector in selectors:
+        for predictor, selector, soft_prompt in selectors:
             predictor.demo_selector = selector
+            predictor.soft_prompt = soft_prompt
     if lm is not None:
         from oobleck.lm.lm import LM
 
         result.set_lm(LM(lm) if isinstance(lm, str) else lm)
+    for predictor in result.predictors():  # a soft prompt on another model than its own is refused now, not at the first call
+        if predictor.soft_prompt is not None and predictor.lm is not None:
+            predictor.resolve_lm()
     if ensemble is not None and isinstance(result, EnsembleProgram):  # the file's settings, once everything fitted
         result.reducer, result.size, result.seed = ensemble["reducer"], ensemble.get("size"), ensemble.get("seed", 0)
     result.compile_info = document.get("provenance") or {}

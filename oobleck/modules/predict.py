@@ -24,6 +24,7 @@ from oobleck.signatures.signature import Signature, ensure_signature
 from oobleck.signatures.types import check_input, type_to_str
 
 if TYPE_CHECKING:
+    from oobleck.lm.soft_prompt import SoftPromptState
     from oobleck.modules.knn import DemoSelector
 
 __all__ = ["Predict", "ChainOfThought"]
@@ -36,6 +37,7 @@ class Predict(Module):
 
     kind = "Predict"
     demo_selector: DemoSelector | None = None  # when set, picks each call's demos from its inputs (e.g. kNN) instead of ``demos``
+    soft_prompt: SoftPromptState | None = None  # when set, a trained soft prompt applied on the predictor's (in-process) LM
 
     def __init__(self, signature: str | type[Signature], *, lm: BaseLM | None = None, adapter: str | Adapter | None = None,
                  demos: Sequence[Mapping[str, Any]] | None = None, **config: Any):  # fmt: skip
@@ -49,6 +51,7 @@ class Predict(Module):
     # -- resolution --------------------------------------------------------------------------
 
     def resolve_lm(self, override: BaseLM | None = None) -> BaseLM:
+        """The LM this call runs on: the override, the predictor's, or the configured one, with the soft prompt applied."""
         lm = override or self.lm or get_setting("lm")
         if lm is None:
             raise ConfigurationError(
@@ -56,7 +59,17 @@ class Predict(Module):
             )
         if not isinstance(lm, BaseLM):
             raise ConfigurationError(f"the configured LM must be an ob.BaseLM, not {type(lm).__name__}")
+        if self.soft_prompt is not None:
+            return self._soft_prompted(lm)
         return lm
+
+    def _soft_prompted(self, lm: BaseLM) -> BaseLM:
+        bound = self.__dict__.get("_soft_bound")
+        if bound is not None and bound[0] is lm and bound[1] is self.soft_prompt:
+            return bound[2]
+        applied = self.soft_prompt.bind(lm)  # type: ignore[union-attr]
+        self.__dict__["_soft_bound"] = (lm, self.soft_prompt, applied)
+        return applied
 
     def resolve_adapter(self, lm: BaseLM) -> Adapter:
         """Predictor's own adapter, else the configured one, else the LM's declared one, else chat."""
@@ -95,6 +108,10 @@ class Predict(Module):
         lm = self.resolve_lm(options.get("lm"))
         demos = options.get("demos", self.demos)
         settings = {**self.config, **options.get("config", {})}
+        if getattr(lm, "supports_choices", False) and "choices" not in settings:
+            choices = self.resolve_adapter(lm).choice_completions(self.signature)
+            if choices:  # an in-process model answers a classification output with one of its labels
+                settings["choices"] = choices
         inputs = self.check_inputs(kwargs)
         if self.demo_selector is not None and "demos" not in options:
             demos = self.demo_selector.select(inputs)
@@ -127,8 +144,12 @@ class Predict(Module):
         clone = object.__new__(type(self))
         memo[id(self)] = clone
         for key, value in vars(self).items():
-            if key == "lm" or key == "_adapter_cache":
-                setattr(clone, key, value if key == "lm" else None)
+            if key in ("lm", "soft_prompt"):  # shared, not copied: clients, loaded models, tensors
+                setattr(clone, key, value)
+            elif key == "_adapter_cache":
+                clone._adapter_cache = None
+            elif key == "_soft_bound":
+                continue
             else:
                 setattr(clone, key, copy.deepcopy(value, memo))
         return clone
