@@ -182,9 +182,9 @@ class SoftPromptState:
 
 def build_peft_model(model: Any, prompt: SoftPromptState) -> Any:
     """``model`` wrapped by PEFT with ``prompt``'s trained tensors loaded, in eval mode."""
-    from peft import PeftModel, set_peft_model_state_dict
+    from peft import get_peft_model, set_peft_model_state_dict
 
-    peft_model = PeftModel(model, prompt.peft_config())
+    peft_model = get_peft_model(model, prompt.peft_config())  # the task's own class (causal LM, classifier), not the bare PeftModel
     tensors = {k: v.to(model.device) for k, v in prompt.tensors.items()}
     try:
         set_peft_model_state_dict(peft_model, tensors)

@@ -18,8 +18,28 @@ __all__ = ["auto"]
 
 
 def auto(metric: Callable[..., Any] | str, *, trainset_size: int, devset_size: int | None = None, budget: Budget | None = None,
-         max_demos: int = 4, num_threads: int = 8, seed: int = 0, **session: Any) -> Optimizer:  # fmt: skip
-    """Pick and configure an optimizer; ``session`` (storage, study, exclusive) goes to searches that resume."""
+         max_demos: int = 4, num_threads: int = 8, seed: int = 0, fallback: str | None = None, target: float | None = None,
+         **session: Any) -> Optimizer:  # fmt: skip
+    """Pick and configure an optimizer; ``session`` (storage, study, exclusive) goes to searches that resume.
+
+    ``fallback="soft"`` adds soft prompt training after the discrete search when its dev score
+    is below ``target`` or has plateaued, for predictors on in-process models.
+    """
+    if fallback not in (None, "soft"):
+        from oobleck.errors import ConfigurationError
+
+        raise ConfigurationError(f"fallback is None or 'soft', not {fallback!r}")
+    chosen = _discrete(metric, trainset_size, devset_size, budget, max_demos, num_threads, seed, session)
+    if fallback is None:
+        return chosen
+    from oobleck.optimizers.fallback import WithFallback
+    from oobleck.optimizers.soft_prompt import SoftPrompt
+
+    return WithFallback(chosen, SoftPrompt(metric, seed=seed, num_threads=num_threads), target=target, num_threads=num_threads)
+
+
+def _discrete(metric: Callable[..., Any] | str, trainset_size: int, devset_size: int | None, budget: Budget | None, max_demos: int,
+              num_threads: int, seed: int, session: dict[str, Any]) -> Optimizer:  # fmt: skip
     from oobleck.optimizers.bayesian import Bayesian
     from oobleck.optimizers.bootstrap import BootstrapFewShot, LabeledFewShot
     from oobleck.optimizers.random_search import RandomSearch

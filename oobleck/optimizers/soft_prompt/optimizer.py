@@ -31,7 +31,7 @@ from oobleck.optimizers.soft_prompt.methods import MethodSettings
 from oobleck.optimizers.soft_prompt.trainer import SoftPromptTrainer, TrainingRecord, TrainingRun
 from oobleck.signatures.types import choices_of
 
-__all__ = ["SoftPrompt", "soft_prompt_eligibility"]
+__all__ = ["SoftPrompt", "build_records", "soft_prompt_eligibility"]
 
 logger = logging.getLogger("oobleck.optimizers.soft_prompt")
 
@@ -145,38 +145,6 @@ class SoftPrompt(Optimizer):
                                         num_threads=self.num_threads, seed=self.seed, source="soft_prompt_traces")  # fmt: skip
         return candidate.demos
 
-    def _records(self, predictor: Predict, lm: HuggingFaceLM, train: list[Example], traces: list[dict[str, Any]], demos: list[dict[str, Any]],
-                 labels: list[str] | None) -> list[TrainingRecord]:  # fmt: skip
-        adapter = predictor.resolve_adapter(lm)
-        signature = predictor.signature
-        fields = list(signature.input_fields) + list(signature.output_fields)
-        rows: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        labelled = [dict(e) for e in train if all(f in e for f in fields)]
-        for row in [*traces, *labelled]:
-            key = repr(sorted((k, repr(row.get(k))) for k in fields))
-            if key not in seen:
-                seen.add(key)
-                rows.append(row)
-        records = []
-        for row in rows:
-            inputs = {n: row[n] for n in signature.input_fields}
-            outputs = {n: row[n] for n in signature.output_fields}
-            own_demos = [d for d in demos if any(d.get(n) != row.get(n) for n in signature.input_fields)]
-            label = None
-            if labels is not None:
-                value = str(next(iter(outputs.values())))
-                if value not in labels:
-                    continue
-                label = labels.index(value)
-            target = adapter.completion_text(signature, outputs)
-            if target is None and labels is None:
-                raise ConfigurationError(f"the {adapter.name} adapter cannot write a target completion to train a soft prompt on")
-            records.append(TrainingRecord(adapter.format(signature, own_demos, inputs), target or "", label))
-        if not records:
-            raise ConfigurationError("no training data for the soft prompt: no trace passed the metric and no train example has the predictor's fields")
-        return records
-
     # -- training ------------------------------------------------------------------------------
 
     def _train_predictor(self, program: Module, name: str, lm: HuggingFaceLM, train: list[Example], dev: list[Example],
@@ -189,7 +157,7 @@ class SoftPrompt(Optimizer):
         instruction = predictor.signature.instructions if self.init == "instruction" else None
         best: tuple[TrainingRun, bool] | None = None
         for keep in options:
-            records = self._records(predictor, lm, train, traces, predictor.demos if keep else [], labels)
+            records = build_records(predictor, lm, train, traces, predictor.demos if keep else [], labels)
             run = self._fit(program, name, lm, records, dev, labels, choices, instruction, keep)
             self.runs.append({"predictor": name, "keep_demos": keep, "method": self.method, "init": run.state.info.get("init"),
                               "dev": run.best_score, "best_step": run.best_step, "steps": run.steps, "stopped": run.stopped,
@@ -228,3 +196,37 @@ class SoftPrompt(Optimizer):
             path = os.path.join(folder, "source.safetensors")
             self._source.save_tensors(path)
             return trainer.fit(records, evaluate, init_text=None, source_path=path, task_id=0)
+
+
+def build_records(predictor: Predict, lm: HuggingFaceLM, train: Sequence[Example], traces: list[dict[str, Any]], demos: list[dict[str, Any]],
+                  labels: list[str] | None, task_id: int = 0) -> list[TrainingRecord]:  # fmt: skip
+    """Training records for one predictor: its traces and the labelled examples that carry its fields, as its adapter formats them."""
+    adapter = predictor.resolve_adapter(lm)
+    signature = predictor.signature
+    fields = list(signature.input_fields) + list(signature.output_fields)
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    labelled = [dict(e) for e in train if all(f in e for f in fields)]
+    for row in [*traces, *labelled]:
+        key = repr(sorted((k, repr(row.get(k))) for k in fields))
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    records = []
+    for row in rows:
+        inputs = {n: row[n] for n in signature.input_fields}
+        outputs = {n: row[n] for n in signature.output_fields}
+        own_demos = [d for d in demos if any(d.get(n) != row.get(n) for n in signature.input_fields)]
+        label = None
+        if labels is not None:
+            value = str(next(iter(outputs.values())))
+            if value not in labels:
+                continue
+            label = labels.index(value)
+        target = adapter.completion_text(signature, outputs)
+        if target is None and labels is None:
+            raise ConfigurationError(f"the {adapter.name} adapter cannot write a target completion to train a soft prompt on")
+        records.append(TrainingRecord(adapter.format(signature, own_demos, inputs), target or "", label, task_id))
+    if not records:
+        raise ConfigurationError("no training data for the soft prompt: no trace passed the metric and no train example has the predictor's fields")
+    return records
