@@ -142,6 +142,22 @@ def test_dspy_only_types_and_modules_are_refused_clearly():
         from_dspy(WithAgent())
     with pytest.raises(ob.ConfigurationError, match="not int"):
         from_dspy(3)
+    with pytest.raises(ob.ConfigurationError, match=r"instance: from_dspy\(Pipeline\(...\)\), not the class"):
+        from_dspy(Pipeline)
+
+    class Awkward(dspy.Module):
+        def __init__(self, attribute, frozen=False):
+            super().__init__()
+            inner = Inner()
+            inner._compiled = frozen
+            setattr(self, attribute, inner)
+
+    with pytest.raises(ob.ConfigurationError, match="Awkward._steps holds predictors, but oobleck skips attributes whose names start with '_'"):
+        from_dspy(Awkward("_steps"))
+    with pytest.raises(ob.ConfigurationError, match="'bound' is taken"):
+        from_dspy(Awkward("bound"))
+    with pytest.raises(ob.ConfigurationError, match=r"steps is a DSPy module marked compiled \(frozen\)"):
+        from_dspy(Awkward("steps", frozen=True))
 
 
 # -- predictors and modules --------------------------------------------------------------------
@@ -309,6 +325,15 @@ def test_export_checks_names_and_fields_against_the_dspy_program(compiled_artifa
     with pytest.raises(ob.ConfigurationError, match="does not end in .json"):
         to_dspy(compiled, tmp_path / "x.pkl")
 
+    class PerCall:  # stands in for KNNFewShot's selector: demos chosen per call cannot be written as DSPy state
+        def select(self, inputs):
+            return []
+
+    per_call = compiled.deepcopy()
+    per_call.rewrite.demo_selector = PerCall()
+    with pytest.raises(ob.ConfigurationError, match="'rewrite' picks its demos per call"):
+        to_dspy(per_call, tmp_path / "x.json")
+
 
 # -- DSPy-saved JSON -> oobleck ----------------------------------------------------------------
 
@@ -439,6 +464,36 @@ def test_cli_import_and_export(dspy_saved, tmp_path):
     assert {k: v for k, v in back.items() if k != "metadata"} == {k: v for k, v in saved.items() if k != "metadata"}
     result = runner.invoke(app, ["import-dspy", str(tmp_path / "x.pkl"), "--program", f"{tmp_path / 'prog.py'}:Pipeline", "--out", "o"])
     assert result.exit_code == 2 and "never loads pickles" in result.output
+
+
+def test_cli_compiles_a_dspy_program_and_exports_it_for_dspy(tmp_path, monkeypatch):
+    """``oobleck compile my_dspy.py:Pipeline`` against a real OpenAI-compatible server on loopback."""
+    from typer.testing import CliRunner
+
+    from oobleck.cli import app
+    from oobleck.testing import OpenAITestServer
+
+    (tmp_path / "prog.py").write_text(CLI_PROGRAM)
+    rows = [{"question": w, "answer": w} for w in ["paris", "rome", "oslo", "lima", "kyiv", "bern"]]
+    for name, part in (("train", rows[:4]), ("dev", rows[4:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    with OpenAITestServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        result = CliRunner().invoke(app, [
+            "compile", f"{tmp_path / 'prog.py'}:Pipeline", "--train", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl"),
+            "--inputs", "question", "--optimizer", "labeled", "--max-demos", "2", "--lm", "openai/test-model",
+            "--out", str(tmp_path / "c.oobleck"),
+        ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["export-dspy", str(tmp_path / "c.oobleck"), "--out", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "c.oobleck" / "program.json").read_text())["program"]["predictors"]
+    assert sorted(manifest) == ["hops.0", "respond", "rewrite"]
+    loaded = Pipeline()
+    loaded.load(str(tmp_path / "c.json"))
+    assert loaded.respond.predict.demos == manifest["respond"]["demos"] and len(loaded.respond.predict.demos) == 2
+    assert loaded.hops[0].signature.instructions == manifest["hops.0"]["signature"]["instructions"]
 
 
 def test_import_oobleck_does_not_import_dspy():

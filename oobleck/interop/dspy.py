@@ -37,6 +37,7 @@ from typing import Any
 
 from oobleck._json import to_jsonable
 from oobleck.errors import ArtifactError, ConfigurationError, OobleckError, SignatureError
+from oobleck.modules.ensemble import EnsembleProgram
 from oobleck.modules.module import Module
 from oobleck.modules.predict import ChainOfThought, Predict
 from oobleck.signatures.field import InputField, OutputField
@@ -99,6 +100,8 @@ def from_dspy(obj: Any) -> Any:
         return signature_from_dspy(obj)
     if isinstance(obj, dspy.Module):
         return _convert(obj, "self", {}, top=True)
+    if isinstance(obj, type) and issubclass(obj, dspy.Module):
+        raise ConfigurationError(f"from_dspy takes a DSPy module instance: from_dspy({obj.__name__}(...)), not the class")
     raise ConfigurationError(
         f"from_dspy takes a DSPy signature (class or string), dspy.Predict, dspy.ChainOfThought or a dspy.Module, "
         f"not {type(obj).__name__}"
@@ -259,7 +262,9 @@ def _predictor(value: Any, where: str, dspy: Any) -> Predict:
     return Predict(signature_from_dspy(value.signature), demos=_demos(value.demos), **_config(value, where))
 
 
-_RESERVED = set(dir(Module)) | {"compile_info"}
+def _reserved() -> set[str]:
+    """Attribute names a converted module cannot use: they belong to ``DSPyProgram`` itself."""
+    return set(dir(DSPyProgram)) | {"compile_info"}
 
 
 def _module(value: Any, where: str, memo: dict[int, Any]) -> DSPyProgram:
@@ -276,7 +281,7 @@ def _module(value: Any, where: str, memo: dict[int, Any]) -> DSPyProgram:
             raise ConfigurationError(
                 f"{type(value).__name__}.{key} holds predictors, but oobleck skips attributes whose names start with '_'; rename it"
             )
-        if key in _RESERVED:
+        if key in _reserved():
             raise ConfigurationError(f"{type(value).__name__}.{key}: the attribute name {key!r} is taken by ob.Module; rename it")
         parts[key] = converted
     if not parts:
@@ -448,10 +453,19 @@ def _predictor_state(signature: type[Signature], demos: list[dict[str, Any]]) ->
     return {"traces": [], "train": [], "demos": [to_jsonable(dict(d)) for d in demos], "signature": _signature_state(signature), "lm": None}
 
 
+_PER_CALL = ("predictor {name!r} picks its demos per call (e.g. KNNFewShot), and DSPy's saved state holds fixed demos only; "
+             "compile with an optimizer that sets fixed demos to export to DSPy")
+
+
 def _entries_of(program: Module | str | os.PathLike[str]) -> tuple[dict[str, tuple[type[Signature], list[dict[str, Any]], bool]], dict[str, str]]:
     """``({oobleck name: (signature, demos, is ChainOfThought)}, {oobleck name: DSPy name})``."""
+    if isinstance(program, EnsembleProgram):
+        raise ConfigurationError("DSPy has no ensemble state to load an EnsembleProgram into: export one member instead")
     if isinstance(program, Module):
         predictors = program.named_predictors()
+        for name, predictor in predictors:
+            if predictor.demo_selector is not None:
+                raise ConfigurationError(_PER_CALL.format(name=name))
         entries = {n: (p.signature, list(p.demos), isinstance(p, ChainOfThought)) for n, p in predictors}
         return entries, dspy_names(program)
     if isinstance(program, (str, os.PathLike)):
@@ -466,6 +480,8 @@ def _entries_of(program: Module | str | os.PathLike[str]) -> tuple[dict[str, tup
                 signature = Signature.from_dict(state["signature"])
             except OobleckError as exc:
                 raise ArtifactError(f"{program}: predictor {name!r} has an invalid signature: {exc}") from None
+            if state.get("demo_selector") is not None:
+                raise ConfigurationError(_PER_CALL.format(name=name))
             entries[name] = (signature, list(state.get("demos", [])), state["kind"] == "ChainOfThought")
         return entries, {n: _guess_dspy_name(n, cot) for n, (_, _, cot) in entries.items()}
     raise ConfigurationError(f"to_dspy takes an ob.Module or an artifact path, not {type(program).__name__}")
