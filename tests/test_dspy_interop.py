@@ -214,6 +214,19 @@ def test_forward_runs_the_dspy_code_with_oobleck_predictors():
     assert type(native.rewrite) is dspy.Predict and type(native.hops[0]) is dspy.Predict and native.rewrite.demos == []
 
 
+def test_async_forward_of_the_dspy_module_is_used():
+    class AsyncPipeline(Pipeline):
+        async def aforward(self, question):
+            query = (await self.rewrite.acall(question=question)).query
+            note = (await self.hops[0].acall(query=query)).note
+            return await self.respond.acall(context=[note, "async"], question=question)
+
+    program = from_dspy(AsyncPipeline())
+    with ob.context(lm=FieldScriptedLM(respond)), ob.trace() as calls:
+        assert asyncio.run(program.acall(question="oslo")).answer == "OSLO"
+    assert calls[-1].inputs["context"] == ["note:q:oslo", "async"]  # its own aforward ran, not forward in a thread
+
+
 def test_copies_run_their_own_predictors():
     program = from_dspy(Pipeline())
     copy = program.deepcopy()
@@ -387,6 +400,26 @@ def test_import_into_an_oobleck_program_of_the_same_shape(dspy_saved):
     assert user.respond.demos == []  # the program passed in is not changed
     with ob.context(lm=FieldScriptedLM(respond)):
         assert program(question="bern").answer == "BERN"
+
+
+def test_single_predictors_round_trip_through_dspy_json(tmp_path):
+    for make, own_name in ((lambda: dspy.ChainOfThought("question -> answer"), "predict"), (lambda: dspy.Predict(QA), "self")):
+        native = make()
+        state = dict(native.named_predictors())[own_name]
+        state.demos = [{"question": "q", "reasoning": "r", "answer": "a", "context": ["c"]}]
+        state.signature = state.signature.with_instructions("Be brief.")
+        native.save(str(tmp_path / "one.json"))
+        program = import_dspy_json(tmp_path / "one.json", make())
+        assert type(program) is (ob.ChainOfThought if own_name == "predict" else ob.Predict)
+        assert program.signature.instructions == "Be brief." and program.demos == state.demos
+        saved = json.loads((tmp_path / "one.json").read_text())
+        back = json.loads(to_dspy(program, tmp_path / "back.json").read_text())
+        assert back.keys() == saved.keys() and {k: v for k, v in back.items() if k != "metadata"} == {
+            k: v for k, v in saved.items() if k != "metadata"
+        }
+        again = make()
+        again.load(str(tmp_path / "back.json"))
+        assert dict(again.named_predictors())[own_name].demos == state.demos
 
 
 def test_bad_dspy_files_are_refused_clearly(dspy_saved, tmp_path):

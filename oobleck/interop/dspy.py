@@ -507,6 +507,8 @@ def to_dspy(program: Module | str | os.PathLike[str], path: str | os.PathLike[st
     if reference is not None:
         names = _check_against(entries, reference)
     state: dict[str, Any] = {names[n]: _predictor_state(signature, demos) for n, (signature, demos, _) in entries.items()}
+    if list(state) == ["self"]:  # a lone dspy.Predict saves (and loads) its own state at the top level
+        state = dict(state["self"])
     state["metadata"] = {"dependency_versions": _dependency_versions()}
     text = json.dumps(state, indent=2, ensure_ascii=False) + "\n"
     _write_atomic(target, text)
@@ -590,6 +592,9 @@ def _read_dspy_json(file: Path) -> tuple[dict[str, dict[str, Any]], dict[str, An
     if not isinstance(metadata, dict):
         raise ArtifactError(f"{file}: 'metadata' must be an object")
     states = {k: v for k, v in document.items() if k != "metadata"}
+    signature = document.get("signature")
+    if isinstance(signature, dict) and "fields" in signature:  # a lone dspy.Predict saves its own state at the top level
+        states = {"self": states}
     if not states:
         raise ArtifactError(f"{file} holds no predictor states")
     for name, state in states.items():
