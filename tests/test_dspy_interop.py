@@ -73,6 +73,23 @@ class Nested(dspy.Module):
         return self.first(a=a)
 
 
+class Shout(dspy.Module):
+    """A helper module with no predictors: left as it is, and still called by the program's forward."""
+
+    def forward(self, text):
+        return text.upper() + "!"
+
+
+class WithHelper(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.shout = Shout()
+        self.step = dspy.Predict("question -> query")
+
+    def forward(self, question):
+        return dspy.Prediction(query=self.shout(self.step(question=question).query))
+
+
 def respond(inputs: dict[str, str]) -> dict[str, object]:
     """The scripted LM behind every oobleck run: each step transforms its input deterministically."""
     if "context" in inputs:
@@ -225,6 +242,15 @@ def test_async_forward_of_the_dspy_module_is_used():
     with ob.context(lm=FieldScriptedLM(respond)), ob.trace() as calls:
         assert asyncio.run(program.acall(question="oslo")).answer == "OSLO"
     assert calls[-1].inputs["context"] == ["note:q:oslo", "async"]  # its own aforward ran, not forward in a thread
+
+
+def test_helper_modules_without_predictors_are_kept():
+    program = from_dspy(WithHelper())
+    assert dspy_names(program) == {"step": "step"} and not hasattr(program, "shout")
+    with ob.context(lm=FieldScriptedLM(respond)):
+        assert program(question="hi").query == "Q:HI!"
+    with pytest.raises(ob.ConfigurationError, match="Shout has no dspy.Predict or dspy.ChainOfThought to convert"):
+        from_dspy(Shout())
 
 
 def test_copies_run_their_own_predictors():

@@ -211,7 +211,7 @@ def _convert(value: Any, where: str, memo: dict[int, Any], *, top: bool = False,
                 f"{where} is a DSPy module marked compiled (frozen), so DSPy leaves its predictors out of saved state; "
                 "set its _compiled = False to let oobleck optimize it"
             )
-        result = _module(value, where, memo)
+        result = _module(value, where, memo, top=top)
     elif isinstance(value, Parameter):
         raise ConfigurationError(f"{where} is a {type(value).__name__}, a DSPy parameter oobleck cannot convert")
     elif isinstance(value, (list, tuple, dict)):
@@ -267,7 +267,8 @@ def _reserved() -> set[str]:
     return set(dir(DSPyProgram)) | {"compile_info"}
 
 
-def _module(value: Any, where: str, memo: dict[int, Any]) -> DSPyProgram:
+def _module(value: Any, where: str, memo: dict[int, Any], *, top: bool) -> Any:
+    """A ``DSPyProgram`` for a user module; ``_NOTHING`` for a helper module without predictors (left as it is)."""
     parts: dict[str, Any] = {}
     placeholder = object.__new__(DSPyProgram)  # stands in for itself if the module refers back to itself
     memo[id(value)] = placeholder
@@ -285,7 +286,9 @@ def _module(value: Any, where: str, memo: dict[int, Any]) -> DSPyProgram:
             raise ConfigurationError(f"{type(value).__name__}.{key}: the attribute name {key!r} is taken by ob.Module; rename it")
         parts[key] = converted
     if not parts:
-        raise ConfigurationError(f"{type(value).__name__} ({where}) has no dspy.Predict or dspy.ChainOfThought to convert")
+        if top:
+            raise ConfigurationError(f"{type(value).__name__} has no dspy.Predict or dspy.ChainOfThought to convert")
+        return _NOTHING
     placeholder.__init__(value, parts)
     return placeholder
 
