@@ -527,18 +527,13 @@ def _check_against(entries: dict[str, tuple[type[Signature], list[dict[str, Any]
     own = dict(reference.named_predictors())
     missing, extra = sorted(set(own) - set(entries)), sorted(set(entries) - set(own))
     if missing or extra:
-        raise ArtifactError(
-            f"the program does not fit {type(dspy_program).__name__}: "
-            + "; ".join(
-                part
-                for part in (
-                    f"predictors {extra} are not in the DSPy program" if extra else "",
-                    f"the DSPy program's predictors {missing} are not in the oobleck program" if missing else "",
-                )
-                if part
-            )
-            + f" (oobleck names; DSPy program has {sorted(names.values())})"
-        )
+        problems = []
+        if extra:
+            problems.append(f"predictors {extra} are not in the DSPy program")
+        if missing:
+            problems.append(f"the DSPy program's predictors {missing} are not in the oobleck program")
+        raise ArtifactError(f"the program does not fit {type(dspy_program).__name__}: {'; '.join(problems)} "
+                            f"(oobleck names; the DSPy program has {sorted(names.values())})")  # fmt: skip
     for name, (signature, _, _) in entries.items():
         if list(signature.fields) != list(own[name].signature.fields):
             raise ArtifactError(
