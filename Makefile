@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[hf,embed,postgres,dev]"
+	$(PY) -m pip install -q -e ".[hf,embed,postgres,dev,dspy]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-# Benchmarks against DSPy get their own venv, so DSPy's dependencies never touch .venv.
+# Benchmarks against DSPy get their own venv (.venv has DSPy too, for the interop tests, but stays the dev install).
 # torch is installed first and pinned (the CPU wheel); left to pip it would pull CUDA packages.
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)

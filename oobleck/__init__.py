@@ -33,16 +33,18 @@ from oobleck.settings import configure, context
 from oobleck.signatures import InputField, OutputField, Signature, make_signature
 
 if TYPE_CHECKING:
-    from oobleck import optimizers, testing
+    from oobleck import interop, optimizers, testing
     from oobleck.data import load_examples
     from oobleck.evaluate import Evaluate, EvaluationResult, metrics
+    from oobleck.interop import from_dspy, import_dspy_json, to_dspy
 
 __all__ = [
     "Adapter", "ArtifactError", "BaseLM", "Budget", "BudgetExceeded", "ChainOfThought", "ChatAdapter", "CompactAdapter", "Completion",
     "ConfigurationError", "DataError", "Evaluate", "EvaluationResult", "Example", "InputError", "InputField",
     "JSONAdapter", "LM", "LMConnectionError", "LMError", "LMResponseError", "MetricError", "Module", "OobleckError",
     "OutputField", "ParseError", "Predict", "Prediction", "Signature", "SignatureError", "UnknownLMError", "Usage",
-    "__version__", "configure", "context", "load", "load_examples", "make_signature", "metrics", "optimizers",
+    "__version__", "configure", "context", "from_dspy", "import_dspy_json", "interop", "load", "load_examples", "make_signature",
+    "metrics", "optimizers", "to_dspy",
     "set_price", "spending", "testing", "trace", "track_usage",
 ]  # fmt: skip
 
@@ -54,6 +56,10 @@ _LAZY = {
     "optimizers": ("oobleck.optimizers", None),
     "testing": ("oobleck.testing", None),
     "load_examples": ("oobleck.data", "load_examples"),
+    "interop": ("oobleck.interop", None),  # DSPy itself is imported only when a conversion needs it
+    "from_dspy": ("oobleck.interop", "from_dspy"),
+    "to_dspy": ("oobleck.interop", "to_dspy"),
+    "import_dspy_json": ("oobleck.interop", "import_dspy_json"),
 }
 
 

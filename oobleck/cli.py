@@ -74,11 +74,29 @@ def _program(reference: str) -> Any:
     obj = _import_reference(reference, "PROGRAM")
     if isinstance(obj, Module):
         return obj
-    if callable(obj):
+    found = _dspy_module(obj)
+    if found is None and callable(obj):
         made = obj()
         if isinstance(made, Module):
             return made
-    raise ConfigurationError(f"PROGRAM {reference!r} is neither an ob.Module nor a function/class returning one")
+        found = _dspy_module(made)
+    if found is not None:  # a DSPy program, converted so every command takes one (see oobleck.interop)
+        from oobleck.interop import from_dspy
+
+        return from_dspy(found)
+    raise ConfigurationError(f"PROGRAM {reference!r} is neither an ob.Module, a DSPy module, nor a function/class returning one")
+
+
+def _dspy_module(obj: Any) -> Any:
+    """``obj`` if it is a DSPy module (a DSPy module class is instantiated), else None; never imports DSPy."""
+    dspy = sys.modules.get("dspy")
+    if dspy is None:
+        return None
+    if isinstance(obj, dspy.Module):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, dspy.Module):
+        return obj()
+    return None
 
 
 def _metric(spec: str) -> Callable[..., Any]:
@@ -462,6 +480,42 @@ def inspect(artifact: Path = typer.Argument(..., help="artifact folder"), demos:
         candidates = provenance.get("candidates") or []
         if len(candidates) > 1:
             console.print(_candidates_table(candidates))
+
+
+@app.command("import-dspy")
+@_friendly
+def import_dspy(
+    file: Path = typer.Argument(..., help="JSON state written by dspy_program.save('program.json')"),
+    program: str = typer.Option(..., "--program", help="path/to/file.py:object, the DSPy (or oobleck) program the state belongs to"),
+    out: Path = typer.Option(..., "--out", help="artifact folder to write"),
+) -> None:
+    """Import a DSPy-saved JSON program state as an oobleck artifact (pickles are refused)."""
+    from oobleck.interop import import_dspy_json
+
+    loaded = import_dspy_json(file, _program(program), out=out)
+    console.print(f"wrote {out} ({len(loaded.named_predictors())} predictors)", highlight=False)
+
+
+@app.command("export-dspy")
+@_friendly
+def export_dspy(
+    artifact: Path = typer.Argument(..., help="artifact folder"),
+    out: Path = typer.Option(..., "--out", help="JSON file to write, for dspy_program.load(FILE)"),
+    program: str = typer.Option(None, "--program", help="path/to/file.py:object, the DSPy program to check names and fields against"),
+) -> None:
+    """Write a compiled program's instructions and demos as DSPy's saved JSON state."""
+    from oobleck.interop import to_dspy
+
+    reference = None
+    if program:
+        obj = _import_reference(program, "--program")
+        reference = _dspy_module(obj)
+        if reference is None and callable(obj):
+            reference = _dspy_module(obj())
+        if reference is None:
+            raise ConfigurationError(f"--program {program!r} is not a DSPy module (or a function/class returning one)")
+    to_dspy(artifact, out, dspy_program=reference)
+    console.print(f"wrote {out}; load it with dspy_program.load({str(out)!r})", highlight=False)
 
 
 def main() -> None:
