@@ -168,12 +168,13 @@ def _score_table(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-_OPTIMIZERS = ("labeled", "bootstrap", "random", "bayesian", "copro", "knn", "reflective", "ensemble", "auto")
+_OPTIMIZERS = ("labeled", "bootstrap", "random", "bayesian", "copro", "knn", "reflective", "ensemble", "soft", "auto")
 _SESSION_OPTIMIZERS = ("bayesian", "copro", "reflective")
 
 
 def _make_optimizer(name: str, metric_fn: Callable[..., Any], *, trainset_size: int, devset_size: int | None, max_demos: int,
-                    num_candidates: int, trials: int, threads: int, seed: int, budget: Any, session: dict[str, Any]) -> Any:  # fmt: skip
+                    num_candidates: int, trials: int, threads: int, seed: int, budget: Any, session: dict[str, Any],
+                    soft: dict[str, Any] | None = None) -> Any:  # fmt: skip
     from oobleck import optimizers as opt
 
     if name == "auto":
@@ -197,7 +198,16 @@ def _make_optimizer(name: str, metric_fn: Callable[..., Any], *, trainset_size: 
         return ensemble
     if name == "knn":
         return opt.KNNFewShot(metric_fn, k=max_demos, num_threads=threads, seed=seed)
+    if name == "soft":
+        return _soft_prompt(metric_fn, soft or {}, threads, seed)
     raise ConfigurationError(f"unknown optimizer {name!r}; choose one of {', '.join(_OPTIMIZERS)}")
+
+
+def _soft_prompt(metric_fn: Callable[..., Any], soft: dict[str, Any], threads: int, seed: int) -> Any:
+    from oobleck.optimizers.soft_prompt import SoftPrompt
+
+    return SoftPrompt(metric_fn, method=soft.get("method", "prompt_tuning"), steps=soft.get("steps", 300), num_threads=threads, seed=seed,
+                      checkpoint_dir=soft.get("checkpoint_dir"))  # fmt: skip
 
 
 def _spawn_workers(count: int) -> list[Any]:
@@ -249,6 +259,10 @@ def compile(
     workers: int = typer.Option(1, "--workers", help="local worker processes sharing the study"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue the study left by an earlier run of this compile"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the estimated LM calls, tokens and cost, and stop"),
+    fallback: str = typer.Option(None, "--fallback", help="soft: train soft prompts when the discrete result is below --target or plateaued"),
+    target: float = typer.Option(None, "--target", help="dev score the discrete search must reach before the soft prompt fallback is skipped"),
+    soft_method: str = typer.Option("prompt_tuning", "--soft-method", help="prompt_tuning | prefix_tuning | p_tuning | multitask_prompt_tuning"),
+    soft_steps: int = typer.Option(300, "--soft-steps", help="soft prompt training steps (early stopping on the dev metric)"),
     worker: bool = typer.Option(False, "--worker", hidden=True, help="run trials only (started by --workers)"),
 ) -> None:
     """Compile PROGRAM on --train (scored on --dev) and save the artifact to --out."""
@@ -273,9 +287,18 @@ def compile(
     budget = Budget(budget_calls, budget_tokens, budget_cost)
     shared = storage is not None or workers > 1 or worker
     session = {"storage": storage or out.parent / f"{out.name}.study.db", "study": study, "exclusive": not shared}
+    soft = {"method": soft_method, "steps": soft_steps, "checkpoint_dir": out.parent / f"{out.name}.softprompt"}
     opt = _make_optimizer(optimizer, metric_fn, trainset_size=len(trainset), devset_size=len(devset) if devset else None,
                           max_demos=max_demos, num_candidates=num_candidates, trials=trials, threads=threads, seed=seed,
-                          budget=budget, session=session)  # fmt: skip
+                          budget=budget, session=session, soft=soft)  # fmt: skip
+    if fallback is not None:
+        if fallback != "soft":
+            raise ConfigurationError(f"--fallback takes 'soft', not {fallback!r}")
+        if optimizer in ("ensemble", "soft"):
+            raise ConfigurationError(f"--fallback soft follows a discrete optimizer, not --optimizer {optimizer}")
+        from oobleck.optimizers.fallback import WithFallback
+
+        opt = WithFallback(opt, _soft_prompt(metric_fn, soft, threads, seed), target=target, num_threads=threads)
     if dry_run:
         _dry_run(opt, student, trainset, devset)
         return
@@ -291,7 +314,8 @@ def compile(
     from oobleck.optimizers.session import show_progress
 
     show_progress(resumable)  # searches draw their own live line: trial, best score, spend
-    waiting = nullcontext() if resumable else err.status(f"{type(opt).__name__} is searching")
+    draws_own = resumable or optimizer == "soft" or fallback is not None  # soft prompt training shows its own progress bar
+    waiting = nullcontext() if draws_own else err.status(f"{type(opt).__name__} is searching")
     try:
         with waiting, spending(None if resumable else budget) as spent:
             compiled = _run_optimizer(opt, optimizer, student, trainset, devset, num_candidates, seed)

@@ -112,6 +112,7 @@ class SoftPromptState:
 
         config = dict(self.config)
         config["inference_mode"] = True  # the saved tensors are the final prompt (P-tuning's encoder output, prefix MLP's KV)
+        config["base_model_name_or_path"] = None  # checked by sha256 instead; PEFT would warn that a local path differs from the id
         config.pop("prompt_tuning_init_state_dict_path", None)  # the tensors are already trained
         if "prompt_tuning_init" in config:
             config["prompt_tuning_init"] = "RANDOM"  # no tokenizer or file is needed to rebuild the shapes

@@ -38,6 +38,7 @@ from oobleck.optimizers.soft_prompt.methods import DEFAULT_LR, MethodSettings, i
 __all__ = ["SoftPromptTrainer", "TrainingRecord", "TrainingRun", "is_encoder", "machine_threads"]
 
 logger = logging.getLogger("oobleck.optimizers.soft_prompt")
+HEAD_LR = 1e-2
 
 
 @dataclass
@@ -227,8 +228,13 @@ class SoftPromptTrainer:
         self.lm_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         items = self.encode(records, tokenizer)
         choice_ids = self._choice_ids(tokenizer) if not self.encoder else []
-        trainable = [p for p in peft_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=0.0)
+        named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+        trainable = [p for _, p in named]
+        head = [p for n, p in named if "modules_to_save" in n]  # an encoder's fresh classification head learns at its own rate
+        groups = [{"params": [p for n, p in named if "modules_to_save" not in n], "lr": self.lr}]
+        if head:
+            groups.append({"params": head, "lr": HEAD_LR})
+        optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         total = max(1, self.steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / self.warmup) if self.warmup and s < self.warmup else max(0.0, 1 - s / total) * 0.9 + 0.1
