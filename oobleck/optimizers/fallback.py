@@ -41,7 +41,7 @@ class WithFallback(Optimizer):
 
         compiled = self.discrete.compile(program, trainset=trainset, valset=valset)
         dev = check_trainset(valset if valset is not None else trainset, "valset")
-        evaluate = Evaluate(devset=dev, metric=self.soft.metric, num_threads=self.num_threads)
+        evaluate = Evaluate(devset=dev, metric=self.soft.metric, num_threads=self.num_threads, display_progress=False)
         baseline, best = evaluate(program).score, evaluate(compiled).score
         info: dict[str, Any] = {"discrete_dev": best, "baseline_dev": baseline, "target": self.target, "ran": False}
         below = self.target is not None and best < self.target

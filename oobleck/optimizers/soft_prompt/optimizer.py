@@ -20,7 +20,7 @@ from oobleck.errors import ConfigurationError
 from oobleck.evaluate.evaluate import Evaluate
 from oobleck.evaluate.metrics import get_metric
 from oobleck.example import Example
-from oobleck.lm.hf_backend import HuggingFaceLM
+from oobleck.lm.hf_backend import HuggingFaceLM, is_encoder
 from oobleck.lm.soft_prompt import METHODS, EncoderClassifierLM, SoftPromptLM, SoftPromptState
 from oobleck.lm.usage import track_usage
 from oobleck.modules.module import Module
@@ -66,13 +66,15 @@ class SoftPrompt(Optimizer):
     """Train a soft prompt per eligible predictor; ``method`` is one of prompt_tuning, prefix_tuning, p_tuning,
     multitask_prompt_tuning.
 
-    ``init`` is ``"instruction"`` (start from the predictor's instruction text) or ``"random"``;
+    ``init`` is ``"instruction"`` (start from the predictor's instruction text, or from
+    ``init_text`` when given: e.g. the best instruction a discrete search found) or ``"random"``;
     ``keep_demos`` is ``"search"``, True or False; ``source`` is a multi-task source prompt
     (from ``train_multitask_source``) that multi-task prompt tuning adapts to this task.
     ``checkpoint_dir`` makes training resumable; ``max_seconds`` caps each training run.
     """
 
     def __init__(self, metric: Callable[..., Any] | str, *, method: str = "prompt_tuning", num_virtual_tokens: int = 16, init: str = "instruction",
+                 init_text: str | None = None,
                  keep_demos: bool | str = "search", steps: int = 300, batch_size: int = 16, lr: float | None = None, eval_every: int = 25,
                  patience: int = 4, reparameterize: bool = True, encoder: str = "mlp", encoder_hidden_size: int | None = None,
                  source: SoftPromptState | None = None, use_traces: bool = True, num_threads: int = 8, seed: int = 0,
@@ -89,6 +91,7 @@ class SoftPrompt(Optimizer):
         self.method = method
         self.num_virtual_tokens = num_virtual_tokens
         self.init = init
+        self.init_text = init_text
         self.keep_demos = keep_demos
         self.steps = steps
         self.batch_size = batch_size
@@ -128,13 +131,15 @@ class SoftPrompt(Optimizer):
             compiled = program.deepcopy()
             for name, lm in eligible.items():
                 compiled = self._train_predictor(compiled, name, lm, train, dev, traces.get(name, []))
-            baseline = Evaluate(devset=dev, metric=self.metric, num_threads=self.num_threads)(program).score
-            final = Evaluate(devset=dev, metric=self.metric, num_threads=self.num_threads)(compiled).score
+            # An encoder cannot answer without its trained head: there is no baseline to score.
+            encoder = any(is_encoder(lm.path) for lm in eligible.values())
+            baseline = None if encoder else Evaluate(devset=dev, metric=self.metric, num_threads=self.num_threads, display_progress=False)(program).score
+            final = Evaluate(devset=dev, metric=self.metric, num_threads=self.num_threads, display_progress=False)(compiled).score
         scores = {"baseline_dev": baseline, "best_dev": final}
         compiled.compile_info = self._provenance(program, seed=self.seed, trainset=train, valset=valset, scores=scores,
                                                  candidates=[Candidate.from_program(compiled, "soft_prompt")], usage=usage, metric=self.metric)  # fmt: skip
         compiled.compile_info["soft_prompt"] = {"runs": self.runs, "skipped": reasons}
-        logger.info("soft prompt: dev %.3f -> %.3f", baseline, final)
+        logger.info("soft prompt: dev %s -> %.3f", "-" if baseline is None else f"{baseline:.3f}", final)
         return compiled
 
     # -- data ----------------------------------------------------------------------------------
@@ -154,7 +159,7 @@ class SoftPrompt(Optimizer):
         labels = choices_of(output.annotation) if len(predictor.signature.output_fields) == 1 else None
         choices = predictor.resolve_adapter(lm).choice_completions(predictor.signature) if labels else None
         options = [False, True] if self.keep_demos == "search" and predictor.demos else [bool(self.keep_demos) and bool(predictor.demos)]
-        instruction = predictor.signature.instructions if self.init == "instruction" else None
+        instruction = (self.init_text or predictor.signature.instructions) if self.init == "instruction" else None
         best: tuple[TrainingRun, bool] | None = None
         for keep in options:
             records = build_records(predictor, lm, train, traces, predictor.demos if keep else [], labels)
@@ -184,7 +189,7 @@ class SoftPrompt(Optimizer):
         target = dict(candidate.named_predictors())[name]
         if not keep:
             target.demos = []
-        evaluator = Evaluate(devset=dev, metric=self.metric, num_threads=self.num_threads)
+        evaluator = Evaluate(devset=dev, metric=self.metric, num_threads=self.num_threads, display_progress=False)
 
         def evaluate(live: HuggingFaceLM) -> float:
             target.lm, target.soft_prompt = live, None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from oobleck.errors import ConfigurationError
-from oobleck.lm.hf_backend import HuggingFaceLM
+from oobleck.lm.hf_backend import HuggingFaceLM, is_encoder
 from oobleck.lm.soft_prompt import (
     EncoderClassifierLM,
     SoftPromptLM,
@@ -35,7 +35,7 @@ from oobleck.lm.soft_prompt import (
 )
 from oobleck.optimizers.soft_prompt.methods import DEFAULT_LR, MethodSettings, init_from_text, make_config
 
-__all__ = ["SoftPromptTrainer", "TrainingRecord", "TrainingRun", "is_encoder", "machine_threads"]
+__all__ = ["SoftPromptTrainer", "TrainingRecord", "TrainingRun", "machine_threads"]
 
 logger = logging.getLogger("oobleck.optimizers.soft_prompt")
 HEAD_LR = 1e-2
@@ -63,16 +63,6 @@ class TrainingRun:
     tokens: int = 0
     steps: int = 0
     stopped: str = ""
-
-
-def is_encoder(path: str) -> bool:
-    """True for an encoder-only model folder (BERT-like): it classifies rather than generates."""
-    config = Path(path) / "config.json"
-    try:
-        architectures = json.loads(config.read_text()).get("architectures") or []
-    except (OSError, ValueError):
-        return False
-    return bool(architectures) and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures)
 
 
 def machine_threads() -> int:
