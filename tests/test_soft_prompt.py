@@ -247,17 +247,17 @@ def test_prompt_tuning_on_the_minilm_encoder_classifies_and_round_trips(tmp_path
         sentiment: Literal["positive", "negative"] = ob.OutputField()
 
     lm = ob.LM("hf/minilm", cache=False)
-    data = [ob.Example(**r).with_inputs("review") for r in task_examples("sentiment", 110, 9, pos="positive", neg="negative")]
+    data = [ob.Example(**r).with_inputs("review") for r in task_examples("sentiment", 280, 0, pos="positive", neg="negative")]
     program = ob.Predict(Review, lm=lm)
-    compiled = SoftPrompt("exact_match", steps=24, eval_every=12, lr=3e-2, batch_size=8, display_progress=False).compile(
-        program, trainset=data[:60], valset=data[60:80]
+    compiled = SoftPrompt("exact_match", steps=60, eval_every=10, patience=0, batch_size=8, display_progress=False).compile(
+        program, trainset=data[:200], valset=data[200:240]
     )
-    evaluate = ob.Evaluate(devset=data[80:], metric="exact_match", num_threads=4)
+    evaluate = ob.Evaluate(devset=data[240:], metric="exact_match", num_threads=4)
     assert compiled.soft_prompt.kind == "encoder_classifier"
     assert evaluate(compiled).score >= 0.8
     compiled.save(tmp_path / "minilm.oobleck")
     again = ob.load(tmp_path / "minilm.oobleck", lm=ob.LM("hf/minilm", cache=False))
-    assert [again(review=e.review).sentiment for e in data[80:]] == [compiled(review=e.review).sentiment for e in data[80:]]
+    assert [again(review=e.review).sentiment for e in data[240:]] == [compiled(review=e.review).sentiment for e in data[240:]]
 
 
 @pytest.mark.slow
