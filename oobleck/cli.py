@@ -464,6 +464,62 @@ def inspect(artifact: Path = typer.Argument(..., help="artifact folder"), demos:
             console.print(_candidates_table(candidates))
 
 
+@app.command()
+@_friendly
+def serve(
+    artifacts: list[str] = typer.Argument(..., help="artifact folders, each DIR (named after the folder) or NAME=DIR"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
+    port: int = typer.Option(8000, "--port", help="port to listen on; 0 picks a free one"),
+    lm: str = typer.Option(None, "--lm", help="LM id for every program (default: the one recorded in each artifact)"),
+    program: list[str] = typer.Option([], "--program", help="[NAME=]path/to/file.py:object for artifacts of user Modules (repeatable)"),
+    threads: int = typer.Option(256, "--threads", help="worker threads for synchronous work (user Modules, in-process models)"),
+    openai: bool = typer.Option(True, "--openai/--no-openai", help="serve in-process models at /v1/chat/completions"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    access_log: bool = typer.Option(False, "--access-log", help="log every request"),
+) -> None:
+    """Serve compiled programs over HTTP: POST /programs/NAME, GET /programs, /healthz, /metrics, /docs."""
+    from oobleck.serve import ServedProgram, create_app
+    from oobleck.serve.registry import name_for, split_named
+    from oobleck.serve.server import bind, run_server, url_of
+
+    references: dict[str | None, str] = {}
+    for spec in program:
+        name, reference = split_named(spec)
+        if name in references:
+            raise ConfigurationError(f"--program given twice for {name or 'every program'!r}")
+        references[name] = reference
+    served, shared = [], {}
+    for spec in artifacts:
+        name, path = split_named(spec)
+        name = name or name_for(path)
+        loaded, _ = _load(Path(path), references.get(name, references.get(None)), lm)
+        _share_lms(loaded, shared)
+        served.append(ServedProgram(name, loaded, source=str(path)))
+    unused = sorted(n for n in references if n is not None and n not in {s.name for s in served})
+    if unused:
+        raise ConfigurationError(f"--program names {unused}, which are not among the programs served ({[s.name for s in served]})")
+    application = create_app(served, max_threads=threads, openai_compat=openai)
+    sock = bind(host, port)
+    url = url_of(sock)
+    console.print(f"serving {len(served)} program(s) at {url}  (docs: {url}/docs)", highlight=False, soft_wrap=True)
+    for s in served:
+        console.print(f"  POST {url}/programs/{s.name}   <- {s.source}", highlight=False, soft_wrap=True)
+    models = application.state.registry.hf_models() if openai else {}
+    if models:
+        console.print(f"  OpenAI-compatible: {url}/v1  models: {', '.join(models)}", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    run_server(application, sock, log_level=log_level, access_log=access_log)
+
+
+def _share_lms(program: Any, shared: dict[str, Any]) -> None:
+    """Programs recording the same LM share one instance: one loaded model, one batcher, one client pool."""
+    for predictor in program.predictors():
+        if predictor.lm is None:
+            continue
+        key = json.dumps([type(predictor.lm).__name__, predictor.lm.describe()], sort_keys=True, default=str)
+        predictor.lm = shared.setdefault(key, predictor.lm)
+
+
 def main() -> None:
     import logging
 

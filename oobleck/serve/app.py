@@ -1,0 +1,273 @@
+"""``create_app``: a FastAPI app that serves compiled programs.
+
+Each program gets ``POST /programs/<name>``, whose request and response models come from its
+signature (so the OpenAPI docs at ``/docs`` show its fields). Calls go through the program's
+async path (``await program.acall``), so concurrent requests share the LM layer: HTTP LMs run
+on the event loop, in-process Hugging Face models batch requests from many worker threads
+into one ``generate``. Errors never show a traceback: a bad request is a 422 naming the field,
+an LM failure a 502, anything else a 500, each with a request id that is also in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from oobleck._json import to_jsonable
+from oobleck._version import __version__
+from oobleck.errors import BudgetExceeded, InputError, LMError, OobleckError, ParseError
+from oobleck.lm.usage import track_usage
+from oobleck.modules.module import Module
+from oobleck.serve.metrics import CONTENT_TYPE, Metrics
+from oobleck.serve.registry import Registry, ServedProgram
+from oobleck.serve.schema import ErrorBody, Health, ProgramList, models_for
+
+__all__ = ["create_app", "error_response", "request_id_of"]
+
+logger = logging.getLogger("oobleck.serve")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ERRORS = {422: {"model": ErrorBody, "description": "invalid input: the message and `detail` name the field"},
+           502: {"model": ErrorBody, "description": "the LM failed or its reply could not be parsed"},
+           503: {"model": ErrorBody, "description": "the LM budget is spent"},
+           500: {"model": ErrorBody, "description": "unexpected server error (logged with the request id)"}}  # fmt: skip
+
+
+def request_id_of(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or "-"
+
+
+def error_response(request: Request, status: int, kind: str, message: str, detail: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": {"type": kind, "message": message}, "request_id": request_id_of(request)}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+class _RequestContext:
+    """Outermost ASGI layer: a request id on every request and response, and request metrics.
+
+    An incoming ``X-Request-ID`` made of safe characters is kept, so a caller's id follows the
+    request into the log; otherwise one is made. Endpoints are labelled by route template
+    (``/programs/qa``, ``/v1/chat/completions``), never by raw path.
+    """
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"").decode("latin-1")
+        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        status = 500
+        header = (b"x-request-id", rid.encode("latin-1"))
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        started = time.perf_counter()
+        self.metrics.started()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            # Unrouted requests share one label unless they were answered (the docs pages), so
+            # random 404 paths cannot grow the label set.
+            endpoint = getattr(route, "path", None) or (scope.get("path", "") if status < 400 else "unmatched")
+            self.metrics.finished(scope.get("method", "-"), endpoint, status, time.perf_counter() - started)
+
+
+def _program_route(app: FastAPI, served: ServedProgram, metrics: Metrics, taken: set[str]) -> None:
+    """Register ``POST /programs/<name>`` for one program."""
+    models = models_for(served, taken)
+    aliases = [(key, field.alias or key) for key, field in models.request.model_fields.items()]
+    outputs = None if served.outputs is None else [f.name for f in served.outputs]
+    program = served.program
+    endpoint_label = f"/programs/{served.name}"
+
+    async def run_program(request: Request, body: Any) -> Any:
+        inputs = {alias: getattr(body, key) for key, alias in aliases}
+        usage = None
+        try:
+            with track_usage() as usage:
+                prediction = await program.acall(**inputs)
+            result = _outputs(prediction, outputs)
+        except InputError as exc:
+            metrics.error(endpoint_label, "invalid_request")
+            return error_response(request, 422, "invalid_request", str(exc))
+        except (LMError, ParseError) as exc:
+            metrics.error(endpoint_label, "lm_error")
+            logger.warning("request %s to %s: LM failure: %s", request_id_of(request), served.name, exc)
+            return error_response(request, 502, "lm_error", f"{type(exc).__name__}: {exc}")
+        except BudgetExceeded as exc:
+            metrics.error(endpoint_label, "budget_exceeded")
+            return error_response(request, 503, "budget_exceeded", str(exc))
+        except OobleckError as exc:
+            metrics.error(endpoint_label, "internal_error")
+            logger.error("request %s to %s failed: %s: %s", request_id_of(request), served.name, type(exc).__name__, exc)
+            return error_response(request, 500, "internal_error", f"{type(exc).__name__}: {exc}")
+        except Exception:
+            metrics.error(endpoint_label, "internal_error")
+            logger.exception("request %s to %s failed", request_id_of(request), served.name)
+            return error_response(request, 500, "internal_error", "internal server error (see the server log for this request id)")
+        finally:
+            if usage is not None:
+                metrics.lm_usage(served.name, usage.calls, usage.prompt_tokens, usage.completion_tokens, usage.cache_hits)
+        return JSONResponse(result)
+
+    # FastAPI reads the body model from the signature; the model is built at run time.
+    run_program.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+        inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=models.request),
+    ])
+    summary = f"Run {served.name} ({served.kind})"
+    description = served.instructions or ""
+    app.add_api_route(f"/programs/{served.name}", run_program, methods=["POST"], response_model=models.response, responses=_ERRORS,
+                      summary=summary, description=description, operation_id=f"run_{re.sub(r'[^A-Za-z0-9_]', '_', served.name)}",
+                      tags=["programs"])  # fmt: skip
+
+
+def _outputs(prediction: Any, names: list[str] | None) -> dict[str, Any]:
+    """The response body: the declared output fields, or everything a user Module returned."""
+    if isinstance(prediction, Mapping):
+        values = dict(prediction)
+    elif hasattr(prediction, "model_dump"):
+        values = prediction.model_dump(mode="json")
+    else:
+        values = {"output": prediction}
+    if names is not None:
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise RuntimeError(f"the program returned no {missing}")
+        values = {n: values[n] for n in names}
+    return to_jsonable(values)
+
+
+def create_app(programs: Iterable[ServedProgram] | Mapping[str, Module], *, title: str = "oobleck", max_threads: int = 256,
+               openai_compat: bool = True, preload: bool = True) -> FastAPI:  # fmt: skip
+    """A FastAPI app serving ``programs`` (``ServedProgram`` objects or ``{name: module}``).
+
+    ``max_threads`` sizes the thread pool that runs synchronous work (user Modules' forward,
+    in-process models): asyncio's default of a few threads would cap concurrency. With
+    ``openai_compat``, every in-process Hugging Face model the programs use is also served at
+    ``/v1/chat/completions``. ``preload`` loads those models at start-up rather than on the
+    first request.
+    """
+    registry = Registry(programs)
+    metrics = Metrics()
+    hf_models = registry.hf_models() if openai_compat else {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="oobleck-serve")
+        asyncio.get_running_loop().set_default_executor(executor)
+        if preload:
+            for lm in {id(lm): lm for lm in hf_models.values()}.values():
+                await asyncio.to_thread(lm.load)
+        logger.info("serving %d program(s): %s", len(registry), ", ".join(s.name for s in registry))
+        try:
+            yield
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan,
+                  description="Compiled oobleck programs. Each `POST /programs/<name>` takes the program's input fields as JSON "
+                              "and returns its output fields.")  # fmt: skip
+    app.state.registry = registry
+    app.state.metrics = metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+        named = "; ".join(_describe_error(e) for e in detail) or "invalid request"
+        endpoint = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.error(endpoint, "invalid_request")
+        if request.url.path.startswith("/v1/"):
+            from oobleck.serve.openai_compat import openai_error
+
+            return openai_error(request, 400, "invalid_request_error", named, param=_first_field(detail))
+        return error_response(request, 422, "invalid_request", named, detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        response = error_response(request, exc.status_code, kind, str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("request %s failed", request_id_of(request), exc_info=exc)
+        return error_response(request, 500, "internal_error", "internal server error (see the server log for this request id)")
+
+    @app.get("/healthz", response_model=Health, tags=["server"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness: the server is up and its programs are loaded."""
+        return {"status": "ok", "programs": len(registry)}
+
+    @app.get("/programs", response_model=ProgramList, tags=["programs"])
+    async def list_programs() -> dict[str, Any]:
+        """Every served program: its fields with their types, its predictors and their LMs."""
+        return {"programs": [served.describe() for served in registry]}
+
+    @app.get("/programs/{name}", tags=["programs"], responses={404: {"model": ErrorBody}})
+    async def describe_program(name: str, request: Request) -> Any:
+        """One served program's fields, predictors and LMs."""
+        served = registry.programs.get(name)
+        if served is None:
+            return error_response(request, 404, "not_found", f"no program named {name!r}; serving {sorted(registry.programs)}")
+        return served.describe()
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["server"])
+    async def prometheus() -> PlainTextResponse:
+        """Prometheus text format: requests, latency histogram, LM calls and tokens, errors."""
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    taken: set[str] = set()
+    for served in registry:
+        _program_route(app, served, metrics, taken)
+    if openai_compat:
+        from oobleck.serve.openai_compat import add_openai_routes
+
+        add_openai_routes(app, hf_models, metrics)
+    app.add_middleware(_RequestContext, metrics=metrics)
+    return app
+
+
+def _describe_error(entry: dict[str, Any]) -> str:
+    if entry["type"] == "json_invalid":
+        return f"request body is not valid JSON: {entry['msg']}"
+    loc = [p for p in entry["loc"] if p != "body"]
+    if not loc:
+        return f"request body: {entry['msg']}"
+    return f"field {'.'.join(loc)!r}: {entry['msg']}"
+
+
+def _first_field(detail: list[dict[str, Any]]) -> str | None:
+    for entry in detail:
+        loc = [p for p in entry["loc"] if p != "body"]
+        if loc:
+            return ".".join(loc)
+    return None
