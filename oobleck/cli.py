@@ -472,43 +472,69 @@ def serve(
     port: int = typer.Option(8000, "--port", help="port to listen on; 0 picks a free one"),
     lm: str = typer.Option(None, "--lm", help="LM id for every program (default: the one recorded in each artifact)"),
     program: list[str] = typer.Option([], "--program", help="[NAME=]path/to/file.py:object for artifacts of user Modules (repeatable)"),
+    workers: int = typer.Option(1, "--workers", help="server processes sharing the port (each loads its own programs and models)"),
     threads: int = typer.Option(256, "--threads", help="worker threads for synchronous work (user Modules, in-process models)"),
     openai: bool = typer.Option(True, "--openai/--no-openai", help="serve in-process models at /v1/chat/completions"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
     access_log: bool = typer.Option(False, "--access-log", help="log every request"),
 ) -> None:
     """Serve compiled programs over HTTP: POST /programs/NAME, GET /programs, /healthz, /metrics, /docs."""
-    from oobleck.serve import ServedProgram, create_app
-    from oobleck.serve.registry import name_for, split_named
-    from oobleck.serve.server import bind, run_server, url_of
+    import os
 
-    references: dict[str | None, str] = {}
-    for spec in program:
-        name, reference = split_named(spec)
-        if name in references:
-            raise ConfigurationError(f"--program given twice for {name or 'every program'!r}")
-        references[name] = reference
-    served, shared = [], {}
-    for spec in artifacts:
-        name, path = split_named(spec)
-        name = name or name_for(path)
-        loaded, _ = _load(Path(path), references.get(name, references.get(None)), lm)
-        _share_lms(loaded, shared)
-        served.append(ServedProgram(name, loaded, source=str(path)))
-    unused = sorted(n for n in references if n is not None and n not in {s.name for s in served})
-    if unused:
-        raise ConfigurationError(f"--program names {unused}, which are not among the programs served ({[s.name for s in served]})")
-    application = create_app(served, max_threads=threads, openai_compat=openai)
+    from oobleck.serve.server import bind, run_server, run_workers, url_of
+
+    if workers < 1:
+        raise ConfigurationError("--workers must be >= 1")
+    spec = {"artifacts": artifacts, "program": program, "lm": lm, "threads": threads, "openai": openai}
+    application = _serve_app(spec)  # in the parent too: a bad artifact fails here, with its message
     sock = bind(host, port)
     url = url_of(sock)
-    console.print(f"serving {len(served)} program(s) at {url}  (docs: {url}/docs)", highlight=False, soft_wrap=True)
-    for s in served:
+    console.print(f"serving {len(application.state.registry)} program(s) at {url}  (docs: {url}/docs)", highlight=False, soft_wrap=True)
+    for s in application.state.registry:
         console.print(f"  POST {url}/programs/{s.name}   <- {s.source}", highlight=False, soft_wrap=True)
     models = application.state.registry.hf_models() if openai else {}
     if models:
         console.print(f"  OpenAI-compatible: {url}/v1  models: {', '.join(models)}", highlight=False, soft_wrap=True)
     sys.stdout.flush()
-    run_server(application, sock, log_level=log_level, access_log=access_log)
+    if workers == 1:
+        run_server(application, sock, log_level=log_level, access_log=access_log)
+        return
+    os.environ[_SERVE_SPEC] = json.dumps(spec)  # spawned workers read it in _serve_worker_app
+    run_workers("oobleck.cli:_serve_worker_app", sock, workers, log_level=log_level, access_log=access_log)
+
+
+_SERVE_SPEC = "OOBLECK_SERVE_SPEC"
+
+
+def _serve_app(spec: dict[str, Any]) -> Any:
+    """The app for ``oobleck serve``: each artifact loaded as ``oobleck run`` loads it, named, LMs shared."""
+    from oobleck.serve import ServedProgram, create_app
+    from oobleck.serve.registry import name_for, split_named
+
+    references: dict[str | None, str] = {}
+    for item in spec["program"]:
+        name, reference = split_named(item)
+        if name in references:
+            raise ConfigurationError(f"--program given twice for {name or 'every program'!r}")
+        references[name] = reference
+    served, shared = [], {}
+    for item in spec["artifacts"]:
+        name, path = split_named(item)
+        name = name or name_for(path)
+        loaded, _ = _load(Path(path), references.get(name, references.get(None)), spec["lm"])
+        _share_lms(loaded, shared)
+        served.append(ServedProgram(name, loaded, source=str(path)))
+    unused = sorted(n for n in references if n is not None and n not in {s.name for s in served})
+    if unused:
+        raise ConfigurationError(f"--program names {unused}, which are not among the programs served ({[s.name for s in served]})")
+    return create_app(served, max_threads=spec["threads"], openai_compat=spec["openai"])
+
+
+def _serve_worker_app() -> Any:
+    """App factory for ``oobleck serve --workers N``: each worker process builds its own app."""
+    import os
+
+    return _serve_app(json.loads(os.environ[_SERVE_SPEC]))
 
 
 def _share_lms(program: Any, shared: dict[str, Any]) -> None:

@@ -248,6 +248,11 @@ def create_app(programs: Iterable[ServedProgram] | Mapping[str, Module], *, titl
     taken: set[str] = set()
     for served in registry:
         _program_route(app, served, metrics, taken)
+
+    @app.post("/programs/{name}", include_in_schema=False)
+    async def unknown_program(name: str, request: Request) -> JSONResponse:
+        return error_response(request, 404, "not_found", f"no program named {name!r}; serving {sorted(registry.programs)}")
+
     if openai_compat:
         from oobleck.serve.openai_compat import add_openai_routes
 

@@ -22,7 +22,7 @@ from oobleck.modules.ensemble import EnsembleProgram
 from oobleck.modules.module import Module
 from oobleck.modules.predict import Predict
 
-__all__ = ["ServedProgram", "FieldInfo", "Registry", "name_for", "split_named"]
+__all__ = ["FieldInfo", "Registry", "ServedProgram", "name_for", "split_named"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -102,8 +102,7 @@ def check_name(name: str) -> str:
 def name_for(directory: str | Path) -> str:
     """A program's default name: its folder's name without ``.oobleck``."""
     base = Path(directory).absolute().name
-    if base.endswith(".oobleck"):
-        base = base[: -len(".oobleck")]
+    base = base.removesuffix(".oobleck")
     return base
 
 

@@ -11,7 +11,7 @@ import socket
 import threading
 from typing import Any
 
-__all__ = ["BackgroundServer", "bind", "run_server"]
+__all__ = ["BackgroundServer", "bind", "run_server", "run_workers"]
 
 
 def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
@@ -19,7 +19,9 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     from oobleck.errors import ConfigurationError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio turns Nagle off (TCP_NODELAY) only on sockets that do, and with
+    # Nagle on, a response written in two parts waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -49,6 +51,20 @@ def run_server(app: Any, sock: socket.socket, *, log_level: str = "info", access
 
     server = uvicorn.Server(_config(app, log_level, access_log=access_log))
     server.run(sockets=[sock])
+
+
+def run_workers(factory: str, sock: socket.socket, workers: int, *, log_level: str = "info", access_log: bool = False) -> None:
+    """Serve from ``workers`` processes sharing ``sock``, each building its app with ``factory``.
+
+    ``factory`` is an import string (``"package.module:function"``) each worker calls, since an
+    app cannot be handed to another process. One process's Python work is serialized by its
+    GIL, so this is how a server uses more than one core; each worker loads its own programs
+    and models, and ``/metrics`` reports the worker that answers the scrape.
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    config = _config(factory, log_level, access_log=access_log, factory=True, workers=workers)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 class BackgroundServer:
