@@ -14,7 +14,7 @@ from typing import Literal
 
 import httpx
 import pytest
-from serve_support import EchoHF, ServeProcess
+from serve_support import EchoHF
 from support import Hop
 
 import oobleck as ob
@@ -193,7 +193,7 @@ def test_64_concurrent_requests_over_http_each_matched_to_its_request() -> None:
             async def load() -> tuple[list[httpx.Response], float]:
                 limits = httpx.Limits(max_connections=64)
                 async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
-                    await client.get("/healthz")
+                    await asyncio.gather(*(client.post("/programs/echo", json={"question": "warm-up"}) for _ in range(8)))
                     loop = asyncio.get_running_loop()
                     started = loop.time()
                     responses = await asyncio.gather(*(client.post("/programs/echo", json={"question": f"q-{i}"}) for i in range(64)))
@@ -204,11 +204,11 @@ def test_64_concurrent_requests_over_http_each_matched_to_its_request() -> None:
     assert [r.status_code for r in responses] == [200] * 64
     assert [r.json()["answer"] for r in responses] == [f"q-{i}" for i in range(64)]  # the test server echoes the question
     assert len({r.headers["x-request-id"] for r in responses}) == 64
-    assert lm_server.requests == 64
-    assert elapsed < 64 * 0.05 / 4, f"64 requests took {elapsed:.2f}s: they did not overlap"
-    assert 'oobleck_requests_total{method="POST",endpoint="/programs/echo",status="200"} 64' in metrics
-    assert 'oobleck_lm_calls_total{program="echo"} 64' in metrics
-    assert 'oobleck_request_duration_seconds_count{endpoint="/programs/echo"} 64' in metrics
+    assert lm_server.requests == 8 + 64
+    assert elapsed < 0.6 * 64 * 0.05, f"64 requests took {elapsed:.2f}s: they did not overlap (one at a time takes 3.2 s)"
+    assert 'oobleck_requests_total{method="POST",endpoint="/programs/echo",status="200"} 72' in metrics
+    assert 'oobleck_lm_calls_total{program="echo",via="program"} 72' in metrics
+    assert 'oobleck_request_duration_seconds_count{endpoint="/programs/echo"} 72' in metrics
 
 
 def test_metrics_histogram_is_cumulative_and_well_formed(classify_server: BackgroundServer) -> None:
@@ -219,7 +219,7 @@ def test_metrics_histogram_is_cumulative_and_well_formed(classify_server: Backgr
     lines = response.text.splitlines()
     buckets = [int(line.rsplit(" ", 1)[1]) for line in lines if line.startswith('oobleck_request_duration_seconds_bucket{endpoint="/programs/classify"')]
     assert buckets == sorted(buckets) and buckets[-1] == 3
-    assert 'oobleck_lm_prompt_tokens_total{program="classify"}' in response.text
+    assert 'oobleck_lm_prompt_tokens_total{program="classify",via="program"}' in response.text
     for line in lines:
         assert line.startswith("#") or re.fullmatch(r'[a-z_]+(\{[^}]*\})? [0-9.e+-]+', line), line
 
@@ -271,7 +271,7 @@ def test_openai_chat_maps_parameters_and_reports_usage(openai_server) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "em maerts"
     assert chunks[-1].usage.total_tokens == len("stream me") * 2
     metrics = httpx.get(server.url + "/metrics").text
-    assert 'oobleck_lm_calls_total{program="single"} 2' in metrics
+    assert 'oobleck_lm_calls_total{program="single",via="openai"} 2' in metrics
 
 
 def test_openai_errors_are_openai_shaped(openai_server) -> None:

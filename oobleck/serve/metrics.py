@@ -54,7 +54,7 @@ class Metrics:
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)  # (method, endpoint, status)
         self.latency: dict[str, _Histogram] = defaultdict(_Histogram)
         self.in_flight = 0
-        self.usage: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # calls, prompt, completion, cache hits
+        self.usage: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # (program, via): calls, prompt, completion, cache hits
         self.errors: dict[tuple[str, str], int] = defaultdict(int)  # (endpoint, type)
 
     def started(self) -> None:
@@ -67,9 +67,10 @@ class Metrics:
             self.requests[(method, endpoint, str(status))] += 1
             self.latency[endpoint].observe(seconds)
 
-    def lm_usage(self, program: str, calls: int, prompt_tokens: int, completion_tokens: int, cache_hits: int) -> None:
+    def lm_usage(self, program: str, calls: int, prompt_tokens: int, completion_tokens: int, cache_hits: int, *, via: str = "program") -> None:
+        """LM usage of one request: ``via`` is ``program`` (``POST /programs/...``) or ``openai`` (``/v1``)."""
         with self._lock:
-            row = self.usage[program]
+            row = self.usage[(program, via)]
             row[0] += calls
             row[1] += prompt_tokens
             row[2] += completion_tokens
@@ -111,9 +112,9 @@ class Metrics:
                  ("completion_tokens", "completion tokens received from LMs"), ("cache_hits", "LM calls answered from the cache"))  # fmt: skip
         for i, (name, text) in enumerate(names):
             metric = f"oobleck_lm_{name}_total"
-            header(metric, "counter", f"{text[:1].upper()}{text[1:]}, by served program or model.")
-            for program, row in sorted(usage.items()):
-                out.append(f"{metric}{_labels([('program', program)])} {row[i]}")
+            header(metric, "counter", f"{text[:1].upper()}{text[1:]}, by served program and route (program or openai).")
+            for (program, via), row in sorted(usage.items()):
+                out.append(f"{metric}{_labels([('program', program), ('via', via)])} {row[i]}")
         header("oobleck_errors_total", "counter", "Failed requests, by endpoint and error type.")
         for (endpoint, kind), n in sorted(errors.items()):
             out.append(f"oobleck_errors_total{_labels([('endpoint', endpoint), ('type', kind)])} {n}")

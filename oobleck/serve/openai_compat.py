@@ -175,7 +175,7 @@ def add_openai_routes(app: FastAPI, models: Mapping[str, Any], metrics: Metrics)
             return openai_error(request, 500, "server_error", "internal server error (see the server log for this request id)")
         prompt_tokens = max(c.prompt_tokens for c in completions)
         completion_tokens = sum(c.completion_tokens for c in completions)
-        metrics.lm_usage(body.model, 1, prompt_tokens, completion_tokens, 0)
+        metrics.lm_usage(body.model, 1, prompt_tokens, completion_tokens, 0, via="openai")
         limit = settings.get("max_tokens") or settings.get("max_new_tokens") or _DEFAULT_MAX_TOKENS
         finish = ["length" if c.completion_tokens >= int(limit) else "stop" for c in completions]
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
