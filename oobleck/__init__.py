@@ -53,6 +53,7 @@ _LAZY = {
     "metrics": ("oobleck.evaluate.metrics", None),
     "optimizers": ("oobleck.optimizers", None),
     "testing": ("oobleck.testing", None),
+    "serve": ("oobleck.serve", None),
     "load_examples": ("oobleck.data", "load_examples"),
 }
 

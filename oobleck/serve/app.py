@@ -211,6 +211,14 @@ def create_app(programs: Iterable[ServedProgram] | Mapping[str, Module], *, titl
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (not UTF-8, say): invalid input, named
+            message = f"request body could not be read: {exc.detail}"
+            metrics.error(getattr(request.scope.get("route"), "path", "unmatched"), "invalid_request")
+            if request.url.path.startswith("/v1/"):
+                from oobleck.serve.openai_compat import openai_error
+
+                return openai_error(request, 400, "invalid_request_error", message)
+            return error_response(request, 422, "invalid_request", message)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         response = error_response(request, exc.status_code, kind, str(exc.detail))
         if exc.headers:
