@@ -287,3 +287,14 @@ def test_openai_errors_are_openai_shaped(openai_server) -> None:
     assert long.value.body["code"] == "context_length_exceeded"
     empty = httpx.post(server.url + "/v1/chat/completions", json={"model": "single", "messages": []})
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages"
+
+
+def test_dspy_calls_a_served_model_through_its_openai_provider(openai_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: no model-metadata download
+    dspy = pytest.importorskip("dspy")
+    server, single_lm, _ = openai_server
+    lm = dspy.LM("openai/single", api_base=server.url + "/v1", api_key="unused", cache=False, max_tokens=50)
+    assert lm("hello there") == ["ereht olleh"]
+    assert single_lm.seen[-1]["max_tokens"] == 50
+    with pytest.raises(Exception, match="reads at most 200"):  # our context_length_exceeded reaches DSPy's own error
+        lm("x" * 300)
