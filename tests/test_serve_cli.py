@@ -129,3 +129,28 @@ def test_openai_client_against_the_demo_model_served_by_oobleck_serve(tmp_path: 
         assert all(text == expected[prompt] for prompt, text in answered)  # batched greedy == one at a time, each to its request
         metrics = httpx.get(server.url + "/metrics").text
         assert 'oobleck_lm_calls_total{program="first",via="openai"} 69' in metrics  # 4 + 1 streamed + 64
+
+
+@pytest.mark.slow
+def test_oobleck_serve_with_two_worker_processes(tmp_path: Path, lm_servers) -> None:
+    healthy, _ = lm_servers
+    echo = _save(ob.Predict("question -> answer", lm=ob.LM("openai/test-model", base_url=healthy.base_url + "/v1")), tmp_path / "echo.oobleck")
+    with ServeProcess(str(echo), "--workers", "2", env={"OOBLECK_CACHE": "0"}) as server:
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, limits=httpx.Limits(max_connections=32), timeout=60) as client:
+                return list(await asyncio.gather(*(client.post("/programs/echo", json={"question": f"w{i}"}) for i in range(32))))
+
+        responses = asyncio.run(burst())
+        assert [r.json() for r in responses] == [{"answer": f"w{i}"} for i in range(32)]
+        assert server.proc is not None
+        if Path("/proc").is_dir():  # Linux: count the supervisor's worker processes
+            children = [p for p in Path("/proc").glob("[0-9]*/stat") if _parent(p) == server.proc.pid]
+            assert len(children) >= 2
+
+
+def _parent(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

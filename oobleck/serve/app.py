@@ -35,7 +35,7 @@ from oobleck.serve.metrics import CONTENT_TYPE, Metrics
 from oobleck.serve.registry import Registry, ServedProgram
 from oobleck.serve.schema import ErrorBody, Health, ProgramList, models_for
 
-__all__ = ["create_app", "error_response", "request_id_of"]
+__all__ = ["create_app", "error_response", "lm_failure", "request_id_of"]
 
 logger = logging.getLogger("oobleck.serve")
 
@@ -44,6 +44,24 @@ _ERRORS = {422: {"model": ErrorBody, "description": "invalid input: the message 
            502: {"model": ErrorBody, "description": "the LM failed or its reply could not be parsed"},
            503: {"model": ErrorBody, "description": "the LM budget is spent"},
            500: {"model": ErrorBody, "description": "unexpected server error (logged with the request id)"}}  # fmt: skip
+
+
+_INTERNAL = "internal server error; the server log has the details under this request id"
+
+
+def lm_failure(exc: Exception) -> str:
+    """What a client is told about an LM failure: its kind, never the LM's address or reply (those go to the log)."""
+    from oobleck.errors import LMConnectionError, LMResponseError
+
+    if isinstance(exc, ParseError):
+        return "the LM's reply could not be parsed into the output fields; the server log has it under this request id"
+    if isinstance(exc, LMConnectionError):
+        what = "the LM server could not be reached"
+    elif isinstance(exc, LMResponseError) and exc.status is not None:
+        what = f"the LM server answered HTTP {exc.status}"
+    else:
+        what = f"the LM call failed ({type(exc).__name__})"
+    return f"{what}; the server log has the details under this request id"
 
 
 def request_id_of(request: Request) -> str:
@@ -118,19 +136,20 @@ def _program_route(app: FastAPI, served: ServedProgram, metrics: Metrics, taken:
             return error_response(request, 422, "invalid_request", str(exc))
         except (LMError, ParseError) as exc:
             metrics.error(endpoint_label, "lm_error")
-            logger.warning("request %s to %s: LM failure: %s", request_id_of(request), served.name, exc)
-            return error_response(request, 502, "lm_error", f"{type(exc).__name__}: {exc}")
+            logger.warning("request %s to %s: LM failure: %s: %s", request_id_of(request), served.name, type(exc).__name__, exc)
+            return error_response(request, 502, "lm_error", lm_failure(exc))
         except BudgetExceeded as exc:
             metrics.error(endpoint_label, "budget_exceeded")
-            return error_response(request, 503, "budget_exceeded", str(exc))
+            logger.warning("request %s to %s: %s", request_id_of(request), served.name, exc)
+            return error_response(request, 503, "budget_exceeded", "the LM budget is spent")
         except OobleckError as exc:
             metrics.error(endpoint_label, "internal_error")
             logger.error("request %s to %s failed: %s: %s", request_id_of(request), served.name, type(exc).__name__, exc)
-            return error_response(request, 500, "internal_error", f"{type(exc).__name__}: {exc}")
+            return error_response(request, 500, "internal_error", _INTERNAL)
         except Exception:
             metrics.error(endpoint_label, "internal_error")
             logger.exception("request %s to %s failed", request_id_of(request), served.name)
-            return error_response(request, 500, "internal_error", "internal server error (see the server log for this request id)")
+            return error_response(request, 500, "internal_error", _INTERNAL)
         finally:
             if usage is not None:
                 metrics.lm_usage(served.name, usage.calls, usage.prompt_tokens, usage.completion_tokens, usage.cache_hits)
@@ -228,7 +247,7 @@ def create_app(programs: Iterable[ServedProgram] | Mapping[str, Module], *, titl
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         logger.error("request %s failed", request_id_of(request), exc_info=exc)
-        return error_response(request, 500, "internal_error", "internal server error (see the server log for this request id)")
+        return error_response(request, 500, "internal_error", _INTERNAL)
 
     @app.get("/healthz", response_model=Health, tags=["server"])
     async def healthz() -> dict[str, Any]:

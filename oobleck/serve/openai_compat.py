@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from oobleck.errors import BudgetExceeded, ConfigurationError, LMError, OobleckError
+from oobleck.errors import BudgetExceeded, ConfigurationError, LMError
 from oobleck.lm.base import Completion
 from oobleck.lm.budget import charge_tokens, release_call, reserve_call
 from oobleck.lm.usage import record_usage
@@ -161,18 +161,20 @@ def add_openai_routes(app: FastAPI, models: Mapping[str, Any], metrics: Metrics)
         except ConfigurationError as exc:
             metrics.error("/v1/chat/completions", "invalid_request")
             return openai_error(request, 400, "invalid_request_error", str(exc))
-        except (LMError, BudgetExceeded) as exc:
+        except LMError as exc:
             metrics.error("/v1/chat/completions", "lm_error")
-            logger.warning("request %s to model %s failed: %s", rid, body.model, exc)
-            return openai_error(request, 502, "server_error", f"{type(exc).__name__}: {exc}")
-        except OobleckError as exc:
-            metrics.error("/v1/chat/completions", "internal_error")
-            logger.error("request %s to model %s failed: %s: %s", rid, body.model, type(exc).__name__, exc)
-            return openai_error(request, 500, "server_error", f"{type(exc).__name__}: {exc}")
+            logger.warning("request %s to model %s failed: %s: %s", rid, body.model, type(exc).__name__, exc)
+            from oobleck.serve.app import lm_failure
+
+            return openai_error(request, 502, "server_error", lm_failure(exc))
+        except BudgetExceeded as exc:
+            metrics.error("/v1/chat/completions", "budget_exceeded")
+            logger.warning("request %s to model %s: %s", rid, body.model, exc)
+            return openai_error(request, 503, "server_error", "the LM budget is spent")
         except Exception:
             metrics.error("/v1/chat/completions", "internal_error")
             logger.exception("request %s to model %s failed", rid, body.model)
-            return openai_error(request, 500, "server_error", "internal server error (see the server log for this request id)")
+            return openai_error(request, 500, "server_error", "internal server error; the server log has the details under this request id")
         prompt_tokens = max(c.prompt_tokens for c in completions)
         completion_tokens = sum(c.completion_tokens for c in completions)
         metrics.lm_usage(body.model, 1, prompt_tokens, completion_tokens, 0, via="openai")

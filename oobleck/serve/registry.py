@@ -82,7 +82,7 @@ class ServedProgram:
         return {
             "name": self.name,
             "kind": self.kind,
-            "source": self.source,
+            "source": Path(self.source).name if self.source else None,  # the folder, not the server's file layout
             "inputs": fields(self.inputs),
             "outputs": None if self.outputs is None else fields(self.outputs),
             "instructions": self.instructions,
