@@ -486,14 +486,18 @@ def serve(
     if workers < 1:
         raise ConfigurationError("--workers must be >= 1")
     spec = {"artifacts": artifacts, "program": program, "lm": lm, "threads": threads, "openai": openai}
-    application = _serve_app(spec)  # in the parent too: a bad artifact fails here, with its message
+    application = _serve_app(spec, preload=False)  # in the parent too: a bad artifact fails here, with its message
+    models = application.state.registry.hf_models()
+    if workers == 1:  # loaded here, so a model that cannot load is a clean error (workers load their own)
+        for model in {id(m): m for m in models.values()}.values():
+            with err.status(f"loading {model.budget_id}"):
+                model.load()
     sock = bind(host, port)
     url = url_of(sock)
     console.print(f"serving {len(application.state.registry)} program(s) at {url}  (docs: {url}/docs)", highlight=False, soft_wrap=True)
     for s in application.state.registry:
         console.print(f"  POST {url}/programs/{s.name}   <- {s.source}", highlight=False, soft_wrap=True)
-    models = application.state.registry.hf_models() if openai else {}
-    if models:
+    if models and openai:
         console.print(f"  OpenAI-compatible: {url}/v1  models: {', '.join(models)}", highlight=False, soft_wrap=True)
     sys.stdout.flush()
     if workers == 1:
@@ -506,7 +510,7 @@ def serve(
 _SERVE_SPEC = "OOBLECK_SERVE_SPEC"
 
 
-def _serve_app(spec: dict[str, Any]) -> Any:
+def _serve_app(spec: dict[str, Any], *, preload: bool = True) -> Any:
     """The app for ``oobleck serve``: each artifact loaded as ``oobleck run`` loads it, named, LMs shared."""
     from oobleck.serve import ServedProgram, create_app
     from oobleck.serve.registry import name_for, split_named
@@ -527,7 +531,7 @@ def _serve_app(spec: dict[str, Any]) -> Any:
     unused = sorted(n for n in references if n is not None and n not in {s.name for s in served})
     if unused:
         raise ConfigurationError(f"--program names {unused}, which are not among the programs served ({[s.name for s in served]})")
-    return create_app(served, max_threads=spec["threads"], openai_compat=spec["openai"])
+    return create_app(served, max_threads=spec["threads"], openai_compat=spec["openai"], preload=preload)
 
 
 def _serve_worker_app() -> Any:

@@ -78,6 +78,7 @@ def _hop(lm_server: OpenAITestServer) -> ob.Module:
     return hop
 
 
+@pytest.mark.slow
 def test_serve_refuses_bad_arguments_with_a_message(tmp_path: Path) -> None:
     def serve(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "oobleck.cli", "serve", *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -89,6 +90,9 @@ def test_serve_refuses_bad_arguments_with_a_message(tmp_path: Path) -> None:
     assert twice.returncode == 2 and "two programs are named 'one'" in twice.stderr
     stray = serve(str(one), "--program", "other=tests/support.py:Hop")
     assert stray.returncode == 2 and "['other']" in stray.stderr
+    unloadable = _save(ob.Predict("word -> letter", lm=ob.LM("hf/no-such-model-here")), tmp_path / "bad.oobleck")
+    model = serve(str(unloadable), "--port", "0")
+    assert model.returncode == 2 and "no-such-model-here" in model.stderr and "Traceback" not in model.stderr
 
 
 @pytest.mark.slow

@@ -195,7 +195,7 @@ def create_app(programs: Iterable[ServedProgram] | Mapping[str, Module], *, titl
     """
     registry = Registry(programs)
     metrics = Metrics()
-    hf_models = registry.hf_models() if openai_compat else {}
+    hf_models = registry.hf_models()  # in-process models: preloaded, and served at /v1 with openai_compat
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
