@@ -6,17 +6,17 @@ import pytest
 
 import oobleck as ob
 
-pytest.importorskip("peft")
 soft_prompt = pytest.importorskip("oobleck.optimizers.soft_prompt")  # soft prompts arrive with the optimizer that trains them
+pytest.importorskip("peft")
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
 
 
 def test_served_model_is_the_soft_prompted_one() -> None:
     import openai
-
     from oobleck.lm.soft_prompt import SoftPromptLM
     from oobleck.optimizers.soft_prompt.methods import MethodSettings
     from oobleck.optimizers.soft_prompt.trainer import SoftPromptTrainer
+
     from oobleck.serve import BackgroundServer, create_app
     from oobleck.tiny.tasks import task_examples
 
