@@ -105,6 +105,24 @@ def test_body_that_is_not_json_or_not_an_object_is_422(classify_server: Backgrou
     assert listed.status_code == 422 and listed.json()["error"]["message"].startswith("request body:")
 
 
+def test_oversized_body_is_413_without_being_read() -> None:
+    program = ob.Predict("question -> answer", lm=FieldScriptedLM(lambda i: {"answer": "a"}))
+    with BackgroundServer(create_app({"qa": program}, max_body_bytes=1000)) as server:
+        small = httpx.post(server.url + "/programs/qa", json={"question": "x" * 900})
+        large = httpx.post(server.url + "/programs/qa", json={"question": "x" * 1001})
+
+        def chunks():
+            yield b'{"question": "'
+            for _ in range(20):
+                yield b"x" * 100
+            yield b'"}'
+
+        streamed = httpx.post(server.url + "/programs/qa", content=chunks())  # chunked: no content-length to check up front
+    assert small.status_code == 200
+    assert large.status_code == 413 and "larger than 1000 bytes" in large.json()["error"]["message"]
+    assert streamed.status_code == 413
+
+
 def test_lm_failure_is_502_with_request_id_and_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
     def down(messages: list, settings: dict) -> str:
         raise LMConnectionError("cannot reach the LM server at http://10.0.0.9:1 for openai/x")

@@ -41,7 +41,8 @@ __all__ = ["create_app", "error_response", "lm_failure", "request_id_of"]
 logger = logging.getLogger("oobleck.serve")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_ERRORS = {422: {"model": ErrorBody, "description": "invalid input: the message and `detail` name the field"},
+_ERRORS = {413: {"model": ErrorBody, "description": "the request body is too large"},
+           422: {"model": ErrorBody, "description": "invalid input: the message and `detail` name the field"},
            502: {"model": ErrorBody, "description": "the LM failed or its reply could not be parsed"},
            503: {"model": ErrorBody, "description": "the LM budget is spent"},
            500: {"model": ErrorBody, "description": "unexpected server error (logged with the request id)"}}  # fmt: skip
@@ -128,7 +129,21 @@ class _ProgramRoute(APIRoute):
         return self.endpoint.handle  # type: ignore[attr-defined, no-any-return]
 
 
-def _program_route(app: FastAPI, served: ServedProgram, metrics: Metrics, taken: set[str]) -> None:
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it grows past ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _program_route(app: FastAPI, served: ServedProgram, metrics: Metrics, taken: set[str], max_body_bytes: int) -> None:
     """Register ``POST /programs/<name>`` for one program."""
     from pydantic import ValidationError
 
@@ -140,8 +155,12 @@ def _program_route(app: FastAPI, served: ServedProgram, metrics: Metrics, taken:
     endpoint_label = f"/programs/{served.name}"
 
     async def handle(request: Request) -> Response:
+        raw = await _read_body(request, max_body_bytes)
+        if raw is None:
+            metrics.error(endpoint_label, "invalid_request")
+            return error_response(request, 413, "invalid_request", f"the request body is larger than {max_body_bytes} bytes")
         try:
-            body = request_model.model_validate_json(await request.body())
+            body = request_model.model_validate_json(raw)
         except ValidationError as exc:
             detail = [{"loc": ["body", *(str(p) for p in e["loc"])], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
             metrics.error(endpoint_label, "invalid_request")
@@ -206,14 +225,14 @@ def _outputs(prediction: Any, names: list[str] | None) -> dict[str, Any]:
 
 
 def create_app(programs: Iterable[ServedProgram] | Mapping[str, Module], *, title: str = "oobleck", max_threads: int = 256,
-               openai_compat: bool = True, preload: bool = True) -> FastAPI:  # fmt: skip
+               openai_compat: bool = True, preload: bool = True, max_body_bytes: int = 8 * 1024 * 1024) -> FastAPI:  # fmt: skip
     """A FastAPI app serving ``programs`` (``ServedProgram`` objects or ``{name: module}``).
 
     ``max_threads`` sizes the thread pool that runs synchronous work (user Modules' forward,
     in-process models): asyncio's default of a few threads would cap concurrency. With
     ``openai_compat``, every in-process Hugging Face model the programs use is also served at
     ``/v1/chat/completions``. ``preload`` loads those models at start-up rather than on the
-    first request.
+    first request. A program request body larger than ``max_body_bytes`` is refused with 413.
     """
     registry = Registry(programs)
     metrics = Metrics()
@@ -296,7 +315,7 @@ def create_app(programs: Iterable[ServedProgram] | Mapping[str, Module], *, titl
 
     taken: set[str] = set()
     for served in registry:
-        _program_route(app, served, metrics, taken)
+        _program_route(app, served, metrics, taken, max_body_bytes)
 
     @app.post("/programs/{name}", include_in_schema=False)
     async def unknown_program(name: str, request: Request) -> JSONResponse:
