@@ -55,6 +55,7 @@ _LAZY = {
     "metrics": ("oobleck.evaluate.metrics", None),
     "optimizers": ("oobleck.optimizers", None),
     "testing": ("oobleck.testing", None),
+    "serve": ("oobleck.serve", None),
     "load_examples": ("oobleck.data", "load_examples"),
     "interop": ("oobleck.interop", None),  # DSPy itself is imported only when a conversion needs it
     "from_dspy": ("oobleck.interop", "from_dspy"),

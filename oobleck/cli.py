@@ -259,8 +259,8 @@ def compile(
     workers: int = typer.Option(1, "--workers", help="local worker processes sharing the study"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue the study left by an earlier run of this compile"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the estimated LM calls, tokens and cost, and stop"),
-    fallback: str = typer.Option(None, "--fallback", help="soft: train soft prompts when the discrete result is below --target or plateaued"),
-    target: float = typer.Option(None, "--target", help="dev score the discrete search must reach before the soft prompt fallback is skipped"),
+    fallback: str = typer.Option(None, "--fallback", help="soft: train soft prompts if the discrete result is below --target or plateaued"),
+    target: float = typer.Option(None, "--target", help="dev score at which the discrete result is kept without soft prompts"),
     soft_method: str = typer.Option("prompt_tuning", "--soft-method", help="prompt_tuning | prefix_tuning | p_tuning | multitask_prompt_tuning"),
     soft_steps: int = typer.Option(300, "--soft-steps", help="soft prompt training steps (early stopping on the dev metric)"),
     worker: bool = typer.Option(False, "--worker", hidden=True, help="run trials only (started by --workers)"),
@@ -540,6 +540,91 @@ def export_dspy(
             raise ConfigurationError(f"--program {program!r} is not a DSPy module (or a function/class returning one)")
     to_dspy(artifact, out, dspy_program=reference)
     console.print(f"wrote {out}; load it with dspy_program.load({str(out)!r})", highlight=False)
+
+@app.command()
+@_friendly
+def serve(
+    artifacts: list[str] = typer.Argument(..., help="artifact folders, each DIR (named after the folder) or NAME=DIR"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
+    port: int = typer.Option(8000, "--port", help="port to listen on; 0 picks a free one"),
+    lm: str = typer.Option(None, "--lm", help="LM id for every program (default: the one recorded in each artifact)"),
+    program: list[str] = typer.Option([], "--program", help="[NAME=]path/to/file.py:object for artifacts of user Modules (repeatable)"),
+    workers: int = typer.Option(1, "--workers", help="server processes sharing the port (each loads its own programs and models)"),
+    threads: int = typer.Option(256, "--threads", help="worker threads for synchronous work (user Modules, in-process models)"),
+    openai: bool = typer.Option(True, "--openai/--no-openai", help="serve in-process models at /v1/chat/completions"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    access_log: bool = typer.Option(False, "--access-log", help="log every request"),
+) -> None:
+    """Serve compiled programs over HTTP: POST /programs/NAME, GET /programs, /healthz, /metrics, /docs."""
+    import os
+
+    from oobleck.serve.server import bind, run_server, run_workers, url_of
+
+    if workers < 1:
+        raise ConfigurationError("--workers must be >= 1")
+    spec = {"artifacts": artifacts, "program": program, "lm": lm, "threads": threads, "openai": openai}
+    application = _serve_app(spec, preload=False)  # in the parent too: a bad artifact fails here, with its message
+    models = application.state.registry.hf_models()
+    if workers == 1:  # loaded here, so a model that cannot load is a clean error (workers load their own)
+        for model in {id(m): m for m in models.values()}.values():
+            with err.status(f"loading {model.budget_id}"):
+                model.load()
+    sock = bind(host, port)
+    url = url_of(sock)
+    console.print(f"serving {len(application.state.registry)} program(s) at {url}  (docs: {url}/docs)", highlight=False, soft_wrap=True)
+    for s in application.state.registry:
+        console.print(f"  POST {url}/programs/{s.name}   <- {s.source}", highlight=False, soft_wrap=True)
+    if models and openai:
+        console.print(f"  OpenAI-compatible: {url}/v1  models: {', '.join(models)}", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    if workers == 1:
+        run_server(application, sock, log_level=log_level, access_log=access_log)
+        return
+    os.environ[_SERVE_SPEC] = json.dumps(spec)  # spawned workers read it in _serve_worker_app
+    run_workers("oobleck.cli:_serve_worker_app", sock, workers, log_level=log_level, access_log=access_log)
+
+
+_SERVE_SPEC = "OOBLECK_SERVE_SPEC"
+
+
+def _serve_app(spec: dict[str, Any], *, preload: bool = True) -> Any:
+    """The app for ``oobleck serve``: each artifact loaded as ``oobleck run`` loads it, named, LMs shared."""
+    from oobleck.serve import ServedProgram, create_app
+    from oobleck.serve.registry import name_for, split_named
+
+    references: dict[str | None, str] = {}
+    for item in spec["program"]:
+        name, reference = split_named(item)
+        if name in references:
+            raise ConfigurationError(f"--program given twice for {name or 'every program'!r}")
+        references[name] = reference
+    served, shared = [], {}
+    for item in spec["artifacts"]:
+        name, path = split_named(item)
+        name = name or name_for(path)
+        loaded, _ = _load(Path(path), references.get(name, references.get(None)), spec["lm"])
+        _share_lms(loaded, shared)
+        served.append(ServedProgram(name, loaded, source=str(path)))
+    unused = sorted(n for n in references if n is not None and n not in {s.name for s in served})
+    if unused:
+        raise ConfigurationError(f"--program names {unused}, which are not among the programs served ({[s.name for s in served]})")
+    return create_app(served, max_threads=spec["threads"], openai_compat=spec["openai"], preload=preload)
+
+
+def _serve_worker_app() -> Any:
+    """App factory for ``oobleck serve --workers N``: each worker process builds its own app."""
+    import os
+
+    return _serve_app(json.loads(os.environ[_SERVE_SPEC]))
+
+
+def _share_lms(program: Any, shared: dict[str, Any]) -> None:
+    """Programs recording the same LM share one instance: one loaded model, one batcher, one client pool."""
+    for predictor in program.predictors():
+        if predictor.lm is None:
+            continue
+        key = json.dumps([type(predictor.lm).__name__, predictor.lm.describe()], sort_keys=True, default=str)
+        predictor.lm = shared.setdefault(key, predictor.lm)
 
 
 def main() -> None:
