@@ -76,7 +76,7 @@ class SoftPrompt(Optimizer):
     def __init__(self, metric: Callable[..., Any] | str, *, method: str = "prompt_tuning", num_virtual_tokens: int = 16, init: str = "instruction",
                  init_text: str | None = None,
                  keep_demos: bool | str = "search", steps: int = 300, batch_size: int = 16, lr: float | None = None, eval_every: int = 25,
-                 patience: int = 4, reparameterize: bool = True, encoder: str = "mlp", encoder_hidden_size: int | None = None,
+                 patience: int = 4, warmup: int | None = None, reparameterize: bool = True, encoder: str = "mlp", encoder_hidden_size: int | None = None,
                  source: SoftPromptState | None = None, use_traces: bool = True, num_threads: int = 8, seed: int = 0,
                  max_seconds: float | None = None, checkpoint_dir: str | os.PathLike[str] | None = None, display_progress: bool = True):  # fmt: skip
         if method not in METHODS:
@@ -98,6 +98,7 @@ class SoftPrompt(Optimizer):
         self.lr = lr
         self.eval_every = eval_every
         self.patience = patience
+        self.warmup = warmup  # steps of linear warm-up; default a tenth of the steps, so a good text init is not thrown away at once
         self.reparameterize = reparameterize
         self.encoder = encoder
         self.encoder_hidden_size = encoder_hidden_size
@@ -184,7 +185,8 @@ class SoftPrompt(Optimizer):
         checkpoint = Path(self._checkpoint_dir) / f"{name}-{'demos' if keep else 'nodemos'}" if self._checkpoint_dir else None
         trainer = SoftPromptTrainer(lm, settings, labels=labels, choices=choices, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                                     eval_every=self.eval_every, patience=self.patience, seed=self.seed, max_seconds=self.max_seconds,
-                                    checkpoint_dir=checkpoint, display_progress=self._display_progress)  # fmt: skip
+                                    checkpoint_dir=checkpoint, display_progress=self._display_progress,
+                                    warmup=self.warmup if self.warmup is not None else self.steps // 10)  # fmt: skip
         candidate = program.deepcopy()
         target = dict(candidate.named_predictors())[name]
         if not keep:
