@@ -23,17 +23,19 @@ from oobleck.errors import (
     MetricError,
     OobleckError,
     ParseError,
+    RetrievalError,
+    RetrievalIndexError,
     SignatureError,
     UnknownLMError,
 )
 from oobleck.example import Example, Prediction
 from oobleck.lm import LM, BaseLM, Budget, Completion, Usage, set_price, spending, track_usage
-from oobleck.modules import ChainOfThought, Module, Predict, trace
+from oobleck.modules import ChainOfThought, Module, Predict, Retrieve, trace
 from oobleck.settings import configure, context
 from oobleck.signatures import InputField, OutputField, Signature, make_signature
 
 if TYPE_CHECKING:
-    from oobleck import optimizers, testing
+    from oobleck import optimizers, retrieval, testing
     from oobleck.data import load_examples
     from oobleck.evaluate import Evaluate, EvaluationResult, metrics
 
@@ -41,8 +43,8 @@ __all__ = [
     "Adapter", "ArtifactError", "BaseLM", "Budget", "BudgetExceeded", "ChainOfThought", "ChatAdapter", "CompactAdapter", "Completion",
     "ConfigurationError", "DataError", "Evaluate", "EvaluationResult", "Example", "InputError", "InputField",
     "JSONAdapter", "LM", "LMConnectionError", "LMError", "LMResponseError", "MetricError", "Module", "OobleckError",
-    "OutputField", "ParseError", "Predict", "Prediction", "Signature", "SignatureError", "UnknownLMError", "Usage",
-    "__version__", "configure", "context", "load", "load_examples", "make_signature", "metrics", "optimizers",
+    "OutputField", "ParseError", "Predict", "Prediction", "Retrieve", "RetrievalError", "RetrievalIndexError", "Signature", "SignatureError", "UnknownLMError", "Usage",
+    "__version__", "configure", "context", "load", "load_examples", "make_signature", "metrics", "optimizers", "retrieval",
     "set_price", "spending", "testing", "trace", "track_usage",
 ]  # fmt: skip
 
@@ -53,6 +55,7 @@ _LAZY = {
     "metrics": ("oobleck.evaluate.metrics", None),
     "optimizers": ("oobleck.optimizers", None),
     "testing": ("oobleck.testing", None),
+    "retrieval": ("oobleck.retrieval", None),
     "load_examples": ("oobleck.data", "load_examples"),
 }
 

@@ -24,6 +24,7 @@ from oobleck.adapters import get_adapter
 from oobleck.errors import ArtifactError, OobleckError
 from oobleck.lm.base import BaseLM
 from oobleck.lm.cache import SECRET_KEYS
+from oobleck.artifact.retrievers import plan_retrievers, retrievers_section, validate_retrievers
 from oobleck.modules.ensemble import REDUCERS, EnsembleProgram
 from oobleck.modules.knn import selector_from_dict, selector_to_dict
 from oobleck.modules.module import Module
@@ -72,6 +73,9 @@ def save_program(program: Module, path: str | os.PathLike[str], *, provenance: M
     }
     if isinstance(program, EnsembleProgram):
         document["program"]["ensemble"] = _ensemble_section(program, [name for name, _ in predictors])
+    retrievers = retrievers_section(program, target)  # each Retrieve's k and retriever config (index location, not corpus)
+    if retrievers:
+        document["program"]["retrievers"] = retrievers
     text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
     try:
         text.encode("utf-8")
@@ -185,6 +189,8 @@ def _validate(document: Any, file: Path) -> None:
                 raise _fail(file, f"{where}: {exc}") from None
     if "ensemble" in program:
         _validate_ensemble(program, file)
+    if "retrievers" in program:
+        validate_retrievers(program["retrievers"], lambda message: _fail(file, message))
     if not isinstance(document.get("provenance", {}), dict):
         raise _fail(file, "provenance must be an object")
 
@@ -251,6 +257,7 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
             )
         (name, state), = saved.items()
         result: Module = _build_predictor(state, name, file)
+        plan_retrievers(None, document["program"].get("retrievers"), file.parent, file)
     else:
         if not isinstance(program, Module):
             raise ArtifactError(f"program must be an ob.Module, not {type(program).__name__}")
@@ -281,12 +288,14 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
             adapter = _adapter(state, name, file) if predictor.adapter is None else predictor.adapter
             planned.append((predictor, signature.instructions, state.get("demos", []), adapter))
             selectors.append((predictor, _demo_selector(state, name, file, signature)))
+        apply_retrievers = plan_retrievers(program, document["program"].get("retrievers"), file.parent, file)
         for predictor, instructions, demos, adapter in planned:
             predictor.signature = predictor.signature.with_instructions(instructions)
             predictor.demos = [dict(d) for d in demos]
             predictor.adapter = adapter
         for predictor, selector in selectors:
             predictor.demo_selector = selector
+        apply_retrievers()
     if lm is not None:
         from oobleck.lm.lm import LM
 
