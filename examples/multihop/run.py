@@ -22,12 +22,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import oobleck as ob  # noqa: E402
-from oobleck.evaluate.metrics import all_gold_retrieved, answer_exact_match  # noqa: E402
-from oobleck.evaluate.retrieval_qa import evaluate_retrieval_qa  # noqa: E402
-from program import MultiHop  # noqa: E402
-from sim_lm import sim_lm  # noqa: E402
-from world import make_world, write_world  # noqa: E402
+from program import MultiHop
+from sim_lm import sim_lm
+from world import make_world, write_world
+
+import oobleck as ob
+from oobleck.evaluate.metrics import all_gold_retrieved, answer_exact_match
+from oobleck.evaluate.retrieval_qa import evaluate_retrieval_qa
 
 
 def _lms(lm_id: str | None) -> tuple[ob.BaseLM, ob.BaseLM]:

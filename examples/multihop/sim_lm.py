@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
 
 from oobleck.testing import ScriptedLM
 

@@ -21,10 +21,10 @@ from typing import Any
 from oobleck._json import to_jsonable
 from oobleck._version import __version__
 from oobleck.adapters import get_adapter
+from oobleck.artifact.retrievers import plan_retrievers, retrievers_section, validate_retrievers
 from oobleck.errors import ArtifactError, OobleckError
 from oobleck.lm.base import BaseLM
 from oobleck.lm.cache import SECRET_KEYS
-from oobleck.artifact.retrievers import plan_retrievers, retrievers_section, validate_retrievers
 from oobleck.modules.ensemble import REDUCERS, EnsembleProgram
 from oobleck.modules.knn import selector_from_dict, selector_to_dict
 from oobleck.modules.module import Module

@@ -22,7 +22,7 @@ from oobleck.modules.module import Module
 from oobleck.modules.retrieve import Retrieve, named_retrievers
 from oobleck.retrieval.base import retriever_from_config
 
-__all__ = ["retrievers_section", "validate_retrievers", "plan_retrievers"]
+__all__ = ["plan_retrievers", "retrievers_section", "validate_retrievers"]
 
 
 def retrievers_section(program: Module, target: Path) -> dict[str, Any] | None:

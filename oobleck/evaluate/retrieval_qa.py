@@ -13,7 +13,7 @@ from oobleck.evaluate.evaluate import Evaluate
 from oobleck.evaluate.metrics import all_gold_retrieved, answer_exact_match, answer_f1, passage_recall
 from oobleck.example import Example
 
-__all__ = ["evaluate_retrieval_qa", "RETRIEVAL_QA_METRICS"]
+__all__ = ["RETRIEVAL_QA_METRICS", "evaluate_retrieval_qa"]
 
 RETRIEVAL_QA_METRICS: dict[str, Callable[..., Any]] = {
     "answer_em": answer_exact_match,

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from oobleck.errors import ConfigurationError, RetrievalError
 from oobleck.retrieval.passage import Passage
 
-__all__ = ["Retriever", "register_retriever_kind", "retriever_from_config", "resolve_retriever", "retriever_kinds"]
+__all__ = ["Retriever", "register_retriever_kind", "resolve_retriever", "retriever_from_config", "retriever_kinds"]
 
 
 class Retriever:

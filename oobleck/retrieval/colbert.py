@@ -52,7 +52,7 @@ class ColBERTv2(Retriever):
             request = urllib.request.Request(f"{self.url}{separator}{urllib.parse.urlencode({'query': query, 'k': k})}")
         for attempt in range(self.retries + 1):
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - the user's own server URL
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     raw = response.read()
                 break
             except urllib.error.HTTPError as exc:

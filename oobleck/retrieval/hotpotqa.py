@@ -22,7 +22,7 @@ from oobleck.errors import DataError
 from oobleck.example import Example
 from oobleck.retrieval.passage import Passage
 
-__all__ = ["load_hotpotqa", "hotpotqa_corpus"]
+__all__ = ["hotpotqa_corpus", "load_hotpotqa"]
 
 
 def _records(file: Path) -> list[Any]:

@@ -58,8 +58,7 @@ def write_index(path: str | os.PathLike[str], *, kind: str, config: dict[str, An
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         with open(staging / PASSAGES, "w", encoding="utf-8") as handle:
-            for p in passages:
-                handle.write(json.dumps({"id": p.id, "title": p.title, "text": p.text}, ensure_ascii=False) + "\n")
+            handle.writelines(json.dumps({"id": p.id, "title": p.title, "text": p.text}, ensure_ascii=False) + "\n" for p in passages)
         write_files(staging)
         files = {}
         for file in sorted(staging.rglob("*")):

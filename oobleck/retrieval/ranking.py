@@ -14,7 +14,7 @@ from oobleck.retrieval.passage import Passage
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["top_k", "reciprocal_rank_fusion"]
+__all__ = ["reciprocal_rank_fusion", "top_k"]
 
 _DECIMALS = 6  # scores equal to this many places are ties: float noise must not reorder passages
 
