@@ -117,6 +117,7 @@ def test_bootstrap_builds_multi_hop_demos_through_retrieval(index: Path) -> None
     second_hop = compiled.predictor("hops.1").demos
     assert len(second_hop) == 2 and {d["query"] for d in second_hop} == {"Acme Corp", "Zenith Labs"}
     assert any("works for" in note for d in second_hop for note in d["context"])  # the retrieved notes are in the demo
+    assert [d["context"] for d in compiled.predictor("hops.0").demos] == [[], []]  # as they were at hop 1 (the list grew later)
     assert sorted(n for n, _ in compiled.named_predictors()) == ["answer", "hops.0", "hops.1"]  # Retrieve is no predictor
 
 
