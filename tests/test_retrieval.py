@@ -187,6 +187,15 @@ def test_dense_exact_search_with_a_function_embedder(tmp_path: Path, toy_embedde
         Dense.load(folder)
 
 
+def test_dense_faiss_backend_returns_what_exact_numpy_search_returns(toy_embedder: Embedder) -> None:
+    pytest.importorskip("faiss")
+    exact = Dense(CORPUS, embedder=toy_embedder, backend="numpy", progress=False)
+    flat = Dense(CORPUS, embedder=toy_embedder, backend="faiss", progress=False)
+    for query in ("a kitten", "capital city", "river water", "wolves and a puppy"):
+        assert [p.id for p in flat.retrieve(query, 3)] == [p.id for p in exact.retrieve(query, 3)]
+        assert [p.score for p in flat.retrieve(query, 3)] == pytest.approx([p.score for p in exact.retrieve(query, 3)], abs=1e-5)
+
+
 def test_dense_index_naming_an_unknown_embedder_is_a_clear_error(tmp_path: Path) -> None:
     odd = Embedder.from_callable(topic_vectors, id="test/only-in-this-test", cache=False)
     folder = Dense(CORPUS, embedder=odd, progress=False).save(tmp_path / "dense.index")
@@ -368,3 +377,13 @@ def test_load_hotpotqa_official_and_hugging_face_layouts(tmp_path: Path) -> None
     (tmp_path / "bad.json").write_text(json.dumps([{"question": "q", "context": "oops"}]))
     with pytest.raises(ob.DataError, match="context: expected a list of"):
         ob.retrieval.load_hotpotqa(tmp_path / "bad.json")
+
+
+def test_top_k_matches_a_full_sort_with_ties() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        n = int(rng.integers(1, 60))
+        scores = rng.choice([0.1, 0.25, 0.5, 0.5 + 1e-9, 0.9], size=n).astype(np.float32)  # many ties, some within float noise
+        k = int(rng.integers(1, n + 3))
+        expected = sorted(range(n), key=lambda i: (-round(float(scores[i]), 6), i))[:k]
+        assert top_k(scores, k) == expected

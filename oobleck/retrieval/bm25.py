@@ -1,7 +1,9 @@
 """``BM25``: lexical retrieval with bm25s (sparse scores in numpy, an index that saves to disk).
 
-Texts are tokenised by bm25s (lower-case words of two or more characters, English stop words
-removed, no stemming). A passage's title is indexed with its text. Passages that share no
+Texts are tokenised by bm25s (lower-case words of two or more characters, no stemming), with
+NLTK's English stop words removed by default (``stopwords="en_plus"``): that list includes
+question words (who, where, which), which carry no evidence in the questions and LM-written
+queries a program sends, and would otherwise match every passage that says "who works for". A passage's title is indexed with its text. Passages that share no
 word with the query are not returned, so a query may get fewer than ``k`` passages.
 """
 
@@ -37,13 +39,14 @@ class BM25(IndexedRetriever):
     """BM25 over a corpus: ``BM25(corpus)`` builds the index; ``BM25.load(folder)`` reloads a saved one.
 
     ``corpus`` is anything ``load_corpus`` reads (a file path, a ``datasets.Dataset``, a list of
-    texts, dicts or passages). ``k1``, ``b`` and ``method`` are bm25s's scoring settings.
+    texts, dicts or passages). ``k1``, ``b`` and ``method`` are bm25s's scoring settings;
+    ``stopwords`` is a bm25s language code ("en" is Lucene's shorter list), a list, or None.
     """
 
     kind = "bm25"
 
     def __init__(self, corpus: str | Iterable[Any] | None = None, *, k1: float = 1.5, b: float = 0.75, method: str = "lucene",
-                 stopwords: str | None = "en", include_titles: bool = True, progress: bool = True):  # fmt: skip
+                 stopwords: str | list[str] | None = "en_plus", include_titles: bool = True, progress: bool = True):  # fmt: skip
         self.k1, self.b, self.method, self.stopwords, self.include_titles = float(k1), float(b), method, stopwords, include_titles
         self.passages: list[Passage] = []
         self.path: Path | None = None

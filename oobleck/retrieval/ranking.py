@@ -26,16 +26,17 @@ def top_k(scores: np.ndarray, k: int, *, positive_only: bool = False) -> list[in
     n = scores.shape[0]
     if n == 0 or k <= 0:
         return []
-    rounded = np.round(scores.astype(np.float64), _DECIMALS)
     if k < n:
-        # Everything scoring at least the k-th best (ties included), then an exact ordered sort of those.
-        threshold = np.partition(rounded, n - k)[n - k]
-        candidates = np.nonzero(rounded >= threshold)[0]
+        # Everything within rounding distance of the k-th best (so every tie is in), then an exact ordered sort of those.
+        kth = np.partition(scores, n - k)[n - k]
+        candidates = np.nonzero(scores >= kth - 10.0**-_DECIMALS)[0]
     else:
         candidates = np.arange(n)
-    order = candidates[np.lexsort((candidates, -rounded[candidates]))][:k]
+    rounded = np.round(scores[candidates].astype(np.float64), _DECIMALS)
+    keep = np.lexsort((candidates, -rounded))[:k]
+    order, values = candidates[keep], rounded[keep]
     if positive_only:
-        order = order[rounded[order] > 0]
+        order = order[values > 0]
     return [int(i) for i in order]
 
 
