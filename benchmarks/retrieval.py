@@ -11,9 +11,10 @@
    size. Dense retrieval is compared with DSPy's ``dspy.retrievers.Embeddings`` on the same
    corpus and the same encoder: a hashing bag-of-words encoder (384 dims, numpy) for the full
    corpus, whose cost is identical in both, and the MiniLM encoder on ``--minilm-passages``
-   passages (MiniLM encodes only tens to hundreds of passages a second on a small CPU).
+   passages (MiniLM encodes only tens to hundreds of passages a second on a small CPU), with
+   ``--minilm-queries`` queries aimed at those passages.
 
-    python benchmarks/retrieval.py [--passages 100000] [--queries 1000] [--minilm-passages 2000]
+    python benchmarks/retrieval.py [--passages 100000] [--queries 1000] [--minilm-passages 1000] [--minilm-queries 100]
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ KS = (2, 5, 10)
 # -- the synthetic corpus ---------------------------------------------------------------------------
 
 
-def synthetic_corpus(n: int, queries: int, seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+def synthetic_corpus(n: int, queries: int, seed: int = 0, *, subset: int = 0, subset_queries: int = 0
+                     ) -> tuple[list[dict[str, str]], list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
     """``n`` passages of 30-40 Zipf-distributed words plus a unique two-word name; queries of 6 words of one passage."""
     import numpy as np
 
@@ -58,13 +60,16 @@ def synthetic_corpus(n: int, queries: int, seed: int = 0) -> tuple[list[dict[str
         position += length
         name = f"{names[2 * i]} {names[2 * i + 1]}"
         passages.append({"id": f"p{i}", "title": name, "text": f"{name} " + " ".join(words)})
-    targets = rng.choice(n, size=queries, replace=False)
-    asked = []
-    for t in targets:
-        words = passages[t]["text"].split()
-        picked = rng.choice(len(words), size=6, replace=False)
-        asked.append({"query": " ".join(words[j] for j in sorted(picked)), "gold": passages[t]["id"]})
-    return passages, asked
+    def ask(targets: Any) -> list[dict[str, Any]]:
+        asked = []
+        for t in targets:
+            words = passages[t]["text"].split()
+            picked = rng.choice(len(words), size=6, replace=False)
+            asked.append({"query": " ".join(words[j] for j in sorted(picked)), "gold": passages[t]["id"]})
+        return asked
+
+    subset_asked = ask(rng.choice(subset, size=min(subset, subset_queries), replace=False)) if subset else []
+    return passages, ask(rng.choice(n, size=queries, replace=False)), subset_asked
 
 
 def hash_vectors(texts: list[str]) -> Any:
@@ -105,14 +110,14 @@ def folder_mb(path: Path) -> float:
 def worker(system: str, data_file: Path, limit: int) -> dict[str, Any]:
     data = json.loads(data_file.read_text())
     passages = data["passages"][:limit]
-    queries = [q for q in data["queries"] if int(q["gold"][1:]) < limit] if limit < len(data["passages"]) else data["queries"]
+    queries = data["subset_queries"] if limit < len(data["passages"]) else data["queries"]
     texts = [p["text"] for p in passages]
     encoder = system.rsplit("-", 1)[-1]
     model = minilm_model() if encoder == "minilm" else None
     import numpy as np  # noqa: F401 - imported before the baseline, as the system would have it
 
     if system.startswith("dspy"):
-        import dspy  # noqa: F401
+        import dspy
     else:
         import oobleck  # noqa: F401
     baseline = rss_mb()
@@ -191,7 +196,7 @@ def worker(system: str, data_file: Path, limit: int) -> dict[str, Any]:
 
 def run_worker(system: str, data_file: Path, limit: int) -> dict[str, Any]:
     process = subprocess.run([sys.executable, __file__, "--worker", system, "--data", str(data_file), "--limit", str(limit)],
-                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+                             capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
     if process.returncode != 0:
         return {"system": system, "error": process.stderr.strip().splitlines()[-1] if process.stderr.strip() else f"exit {process.returncode}"}
     return json.loads(process.stdout.strip().splitlines()[-1])
@@ -225,8 +230,9 @@ def lookups(passages: list[dict[str, str]]) -> list[tuple[str, str]]:
 
 def quality(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
     """recall@k for single-hop lookups (gold: one passage) and for whole two-hop questions (gold: both passages)."""
-    import oobleck as ob
     from world import make_world
+
+    import oobleck as ob
 
     sets = ("lookups", "questions")
     found = {s: {name: dict.fromkeys(KS, 0.0) for name in ("bm25", "dense", "hybrid")} for s in sets}
@@ -259,7 +265,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--passages", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--minilm-passages", type=int, default=2000)
+    parser.add_argument("--minilm-passages", type=int, default=1000)
+    parser.add_argument("--minilm-queries", type=int, default=100)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--worker")
     parser.add_argument("--data")
@@ -294,10 +301,11 @@ def main() -> None:
         has_faiss = True
     except ImportError:
         has_faiss = False
-    passages, queries = synthetic_corpus(args.passages, args.queries)
+    passages, queries, subset_queries = synthetic_corpus(args.passages, args.queries, subset=args.minilm_passages,
+                                                         subset_queries=args.minilm_queries)  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         data_file = Path(folder) / "corpus.json"
-        data_file.write_text(json.dumps({"passages": passages, "queries": queries}))
+        data_file.write_text(json.dumps({"passages": passages, "queries": queries, "subset_queries": subset_queries}))
         plan = [("oobleck-bm25", args.passages), ("oobleck-dense-hash", args.passages), ("dspy-exact-hash", args.passages)]
         if has_faiss:
             plan += [("oobleck-dense-faiss-hash", args.passages), ("dspy-ivfpq-hash", args.passages)]

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_multihop_example_compiles_saves_and_reloads_in_a_fresh_process(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, str(ROOT / "examples" / "multihop" / "run.py"), "all", "--out", str(tmp_path)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     before, after = results["uncompiled"], results["compiled"]

