@@ -91,6 +91,18 @@ def test_retrieve_uses_the_configured_retriever_and_checks_inputs(index: Path) -
         ob.Retrieve(k=0)
 
 
+def test_retrieve_in_async_code(index: Path) -> None:
+    import asyncio
+
+    retrieve = ob.Retrieve(k=1, retriever=ob.retrieval.load_index(index))
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(retrieve.acall("Ann Lee"), retrieve.acall("Zenith Labs"))
+
+    first, second = asyncio.run(both())
+    assert (first.passages[0].id, second.passages[0].id) == ("ann", "zenith")
+
+
 def test_retrieve_calls_are_traced_and_copies_share_the_retriever(index: Path) -> None:
     program = TwoHop(ob.retrieval.load_index(index))
     program.set_lm(scripted())
