@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[hf,embed,postgres,serve,dev,dspy]"
+	$(PY) -m pip install -q -e ".[hf,embed,postgres,serve,dev,dspy,retrieval,faiss]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -32,7 +32,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install -q --upgrade pip
 	$(BENCH_PY) -m pip install -q torch==2.13.0
-	$(BENCH_PY) -m pip install -q -e ".[hf,embed,postgres,serve,dev,bench]"
+	$(BENCH_PY) -m pip install -q -e ".[hf,embed,postgres,serve,dev,bench,retrieval,faiss]"
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

@@ -23,17 +23,19 @@ from oobleck.errors import (
     MetricError,
     OobleckError,
     ParseError,
+    RetrievalError,
+    RetrievalIndexError,
     SignatureError,
     UnknownLMError,
 )
 from oobleck.example import Example, Prediction
 from oobleck.lm import LM, BaseLM, Budget, Completion, Usage, set_price, spending, track_usage
-from oobleck.modules import ChainOfThought, Module, Predict, trace
+from oobleck.modules import ChainOfThought, Module, Predict, Retrieve, trace
 from oobleck.settings import configure, context
 from oobleck.signatures import InputField, OutputField, Signature, make_signature
 
 if TYPE_CHECKING:
-    from oobleck import interop, optimizers, testing
+    from oobleck import interop, optimizers, retrieval, testing
     from oobleck.data import load_examples
     from oobleck.evaluate import Evaluate, EvaluationResult, metrics
     from oobleck.interop import from_dspy, import_dspy_json, to_dspy
@@ -42,9 +44,9 @@ __all__ = [
     "Adapter", "ArtifactError", "BaseLM", "Budget", "BudgetExceeded", "ChainOfThought", "ChatAdapter", "CompactAdapter", "Completion",
     "ConfigurationError", "DataError", "Evaluate", "EvaluationResult", "Example", "InputError", "InputField",
     "JSONAdapter", "LM", "LMConnectionError", "LMError", "LMResponseError", "MetricError", "Module", "OobleckError",
-    "OutputField", "ParseError", "Predict", "Prediction", "Signature", "SignatureError", "UnknownLMError", "Usage",
-    "__version__", "configure", "context", "from_dspy", "import_dspy_json", "interop", "load", "load_examples", "make_signature",
-    "metrics", "optimizers", "to_dspy",
+    "OutputField", "ParseError", "Predict", "Prediction", "Retrieve", "RetrievalError", "RetrievalIndexError", "Signature",
+    "SignatureError", "UnknownLMError", "Usage", "__version__", "configure", "context", "from_dspy", "import_dspy_json", "interop",
+    "load", "load_examples", "make_signature", "metrics", "optimizers", "retrieval", "to_dspy",
     "set_price", "spending", "testing", "trace", "track_usage",
 ]  # fmt: skip
 
@@ -56,6 +58,7 @@ _LAZY = {
     "optimizers": ("oobleck.optimizers", None),
     "testing": ("oobleck.testing", None),
     "serve": ("oobleck.serve", None),
+    "retrieval": ("oobleck.retrieval", None),
     "load_examples": ("oobleck.data", "load_examples"),
     "interop": ("oobleck.interop", None),  # DSPy itself is imported only when a conversion needs it
     "from_dspy": ("oobleck.interop", "from_dspy"),

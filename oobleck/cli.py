@@ -475,8 +475,15 @@ def _parse_cli_value(text: str) -> Any:
 
 @app.command()
 @_friendly
-def inspect(artifact: Path = typer.Argument(..., help="artifact folder"), demos: int = typer.Option(3, "--demos", help="demos shown per predictor")) -> None:
-    """Show a compiled program: instructions, demos, scores and provenance."""
+def inspect(
+    artifact: Path = typer.Argument(..., help="artifact folder"),
+    demos: int = typer.Option(3, "--demos", help="demos shown per predictor"),
+    trace: bool = typer.Option(False, "--trace", help="also run once on --input and show every step: each hop's query and passages"),
+    input: list[str] = typer.Option([], "--input", "-i", help="with --trace: an input as key=value (repeat for each field)"),
+    program_ref: str = typer.Option(None, "--program", help="with --trace: path/to/file.py:object for artifacts of user Modules"),
+    lm: str = typer.Option(None, "--lm", help="with --trace: LM id (default: the one recorded in the artifact)"),
+) -> None:
+    """Show a compiled program: instructions, demos, scores and provenance (and, with --trace, one run step by step)."""
     from oobleck.artifact import read_manifest
 
     manifest = read_manifest(artifact)
@@ -504,6 +511,31 @@ def inspect(artifact: Path = typer.Argument(..., help="artifact folder"), demos:
         candidates = provenance.get("candidates") or []
         if len(candidates) > 1:
             console.print(_candidates_table(candidates))
+    for name, entry in program.get("retrievers", {}).items():
+        config = entry.get("retriever") or {}
+        where = config.get("index") or config.get("url") or config.get("name") or "the configured retriever"
+        console.print(f"retriever [bold]{name}[/]: {config.get('kind', 'configured')} k={entry.get('k')} ({where})", highlight=False)
+    if trace:
+        _inspect_trace(artifact, program_ref, lm, input)
+
+
+def _inspect_trace(artifact: Path, program_ref: str | None, lm_id: str | None, items: list[str]) -> None:
+    """``inspect --trace``: one traced run of the loaded program, shown hop by hop."""
+    from oobleck.modules.trace import trace as tracing
+    from oobleck.trace_view import render_trace
+
+    if not items:
+        raise DataError("--trace needs the program's inputs: --input key=value (repeat for each field)")
+    loaded, _ = _load(artifact, program_ref, lm_id)
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DataError(f"--input must be key=value, got {item!r}")
+        values[key.strip()] = _parse_cli_value(value)
+    with tracing() as entries:
+        outputs = loaded(**values)
+    render_trace(console, loaded, entries, outputs)
 
 
 @app.command("import-dspy")

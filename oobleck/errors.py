@@ -19,6 +19,8 @@ __all__ = [
     "DataError",
     "MetricError",
     "ArtifactError",
+    "RetrievalError",
+    "RetrievalIndexError",
 ]
 
 
@@ -89,6 +91,14 @@ class MetricError(OobleckError, ValueError):
 
 class ArtifactError(OobleckError):
     """A compiled-program artifact is missing, truncated, foreign or does not fit the program."""
+
+
+class RetrievalError(OobleckError):
+    """A retriever failed: its server is unreachable or answered badly, or its corpus is unusable."""
+
+
+class RetrievalIndexError(RetrievalError):
+    """A saved retrieval index is missing, incomplete, damaged or not an oobleck index."""
 
 
 class BudgetExceeded(OobleckError):

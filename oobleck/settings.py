@@ -16,9 +16,9 @@ from oobleck.errors import ConfigurationError
 
 __all__ = ["configure", "context", "get_setting", "current_settings"]
 
-_KNOWN = {"lm", "adapter", "lm_settings"}
+_KNOWN = {"lm", "adapter", "lm_settings", "retriever"}
 _lock = threading.Lock()
-_global: dict[str, Any] = {"lm": None, "adapter": None, "lm_settings": {}}
+_global: dict[str, Any] = {"lm": None, "adapter": None, "lm_settings": {}, "retriever": None}
 _overrides: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("oobleck_settings", default=None)
 
 

