@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from oobleck._folders import replace_folder
 from oobleck._json import to_jsonable
 from oobleck._version import __version__
 from oobleck.adapters import get_adapter
@@ -114,20 +115,10 @@ def save_program(program: Module, path: str | os.PathLike[str], *, provenance: M
 def _swap_into_place(staging: Path, target: Path) -> None:
     if target.exists() and not target.is_dir():
         raise ArtifactError(f"{target} exists and is not an artifact folder")
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    if not (target / PROGRAM_FILE).is_file() and any(target.iterdir()):
+    if target.exists() and not (target / PROGRAM_FILE).is_file() and any(target.iterdir()):
         # Replacing the folder deletes what is in it: only ever do that to an artifact.
         raise ArtifactError(f"{target} is a folder that is not an oobleck artifact; refusing to overwrite it")
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, old)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(staging, target)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

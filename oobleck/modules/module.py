@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from oobleck.lm.base import BaseLM
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 __all__ = ["Module"]
 
 logger = logging.getLogger("oobleck.modules")
+
+_Part = TypeVar("_Part")
 
 
 class Module:
@@ -45,15 +47,24 @@ class Module:
         """Every predictor reachable from this module, with its dotted attribute path."""
         from oobleck.modules.predict import Predict
 
-        if isinstance(self, Predict):
+        return self.named_parts(Predict)
+
+    def named_parts(self, kind: type[_Part]) -> list[tuple[str, _Part]]:
+        """Every part of type ``kind`` (predictors, retrievers) reachable from this module, by dotted attribute path.
+
+        Attributes, list and tuple items and string-keyed dict values are followed; names
+        starting with ``_`` are private and skipped; each object is reported once, at the first
+        path that reaches it. A module that is itself a ``kind`` is named ``self``.
+        """
+        if isinstance(self, kind):
             return [("self", self)]
-        found: list[tuple[str, Predict]] = []
+        found: list[tuple[str, _Part]] = []
         seen: set[int] = {id(self)}
 
         def visit(value: Any, path: str) -> None:
             if id(value) in seen:
                 return
-            if isinstance(value, Predict):
+            if isinstance(value, kind):
                 seen.add(id(value))
                 found.append((path, value))
             elif isinstance(value, Module):

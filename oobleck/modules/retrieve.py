@@ -75,31 +75,4 @@ class Retrieve(Module):
 
 def named_retrievers(program: Module) -> list[tuple[str, Retrieve]]:
     """Every ``Retrieve`` reachable from ``program``, named by attribute path like predictors are."""
-    if isinstance(program, Retrieve):
-        return [("self", program)]
-    found: list[tuple[str, Retrieve]] = []
-    seen: set[int] = {id(program)}
-
-    def visit(value: Any, path: str) -> None:
-        if id(value) in seen:
-            return
-        if isinstance(value, Retrieve):
-            seen.add(id(value))
-            found.append((path, value))
-        elif isinstance(value, Module):
-            seen.add(id(value))
-            for key, child in vars(value).items():
-                if not key.startswith("_"):
-                    visit(child, f"{path}.{key}")
-        elif isinstance(value, (list, tuple)):
-            for i, child in enumerate(value):
-                visit(child, f"{path}.{i}")
-        elif isinstance(value, dict):
-            for key, child in value.items():
-                if isinstance(key, str):
-                    visit(child, f"{path}.{key}")
-
-    for key, value in vars(program).items():
-        if not key.startswith("_"):
-            visit(value, key)
-    return found
+    return program.named_parts(Retrieve)

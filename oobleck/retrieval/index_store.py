@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from oobleck._folders import replace_folder
 from oobleck._version import __version__
 from oobleck.errors import RetrievalError, RetrievalIndexError
 from oobleck.retrieval.base import Retriever
@@ -72,17 +73,7 @@ def write_index(path: str | os.PathLike[str], *, kind: str, config: dict[str, An
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, old)
-            try:
-                os.replace(staging, target)
-            except BaseException:
-                os.replace(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
