@@ -260,7 +260,7 @@ def compile(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue the study left by an earlier run of this compile"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the estimated LM calls, tokens and cost, and stop"),
     fallback: str = typer.Option(None, "--fallback", help="soft: train soft prompts if the discrete result is below --target or plateaued"),
-    target: float = typer.Option(None, "--target", help="dev score at which the discrete result is kept without soft prompts"),
+    target: float = typer.Option(None, "--target", help="soft prompts train when the discrete dev score is below this (or gained too little)"),
     soft_method: str = typer.Option("prompt_tuning", "--soft-method", help="prompt_tuning | prefix_tuning | p_tuning | multitask_prompt_tuning"),
     soft_steps: int = typer.Option(300, "--soft-steps", help="soft prompt training steps (early stopping on the dev metric)"),
     worker: bool = typer.Option(False, "--worker", hidden=True, help="run trials only (started by --workers)"),

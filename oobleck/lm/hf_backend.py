@@ -58,13 +58,16 @@ def is_encoder(path: str) -> bool:
     return bool(architectures) and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures)
 
 
-def _attention(device: str) -> dict[str, str]:
-    """The fastest attention kernel available: FlashAttention 2 on CUDA when installed, else PyTorch's SDPA."""
+def _attention(device: str, dtype: Any) -> dict[str, str]:
+    """The fastest attention kernel available on CUDA: FlashAttention 2 (16-bit only) when installed, else PyTorch's SDPA."""
     if not device.startswith("cuda"):
         return {}
     import importlib.util
 
-    return {"attn_implementation": "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"}
+    import torch
+
+    half = dtype in (torch.float16, torch.bfloat16)
+    return {"attn_implementation": "flash_attention_2" if half and importlib.util.find_spec("flash_attn") else "sdpa"}
 
 
 @dataclass
@@ -106,6 +109,9 @@ class HuggingFaceLM(LM):
         self._model: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
+        # Held around every forward and generate on the loaded model: LMs that share it (soft prompts on it)
+        # must not interleave, since PEFT's prefix generation patches the model for the length of a call.
+        self._model_lock = threading.RLock()
         self._queue: queue.Queue[_Request] = queue.Queue()
         self._worker: threading.Thread | None = None
         self.batches_run = 0
@@ -155,7 +161,10 @@ class HuggingFaceLM(LM):
         local = os.path.isdir(self.path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local)
-            model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, local_files_only=local, **_attention(device))
+            try:
+                model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, local_files_only=local, **_attention(device, dtype))
+            except (ValueError, ImportError):  # the model does not support that kernel: its default one
+                model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, local_files_only=local)
         except (OSError, ValueError) as exc:
             where = f"folder {self.path}" if local else f"hub id {self.path!r} (is it downloaded, or HF_HUB_OFFLINE set?)"
             raise LMError(f"cannot load the model from {where}: {exc}") from exc
@@ -199,6 +208,11 @@ class HuggingFaceLM(LM):
                 f"the prompt is {len(ids)} tokens but hf/{self.model} reads at most {limit}; use fewer or shorter demos",
                 retryable=False,
             )
+        if settings.get("choices"):  # checked here, so one request that cannot fit never fails the batch it would join
+            tokenizer, _ = self.load()
+            longest = max(len(tokenizer(str(c), add_special_tokens=False)["input_ids"]) for c in settings["choices"]) + 1
+            if len(ids) + longest > limit:
+                raise LMResponseError(f"the prompt and its longest choice do not fit in hf/{self.model}'s {limit} tokens", retryable=False)
         request = _Request(ids, self._batch_key(settings), settings)
         self._ensure_worker()
         self._queue.put(request)
@@ -282,7 +296,7 @@ class HuggingFaceLM(LM):
         if settings.get("repetition_penalty") is not None:
             kwargs["repetition_penalty"] = settings["repetition_penalty"]
         device = model.device
-        with torch.inference_mode():
+        with self._model_lock, torch.inference_mode():
             generated = self._generate_tokens(model, input_ids.to(device), attention.to(device), kwargs).cpu()
         self.batches_run += 1
         copies = n if temperature > 0 else 1
@@ -323,12 +337,9 @@ class HuggingFaceLM(LM):
         """For each request, the choice whose tokens (and end of text) the model finds likeliest."""
         choices = [str(c) for c in group[0].settings["choices"]]
         choice_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id] for c in choices]
-        limit = self.context_length
         rows: list[list[int]] = []
         spans: list[int] = []
         for request in group:
-            if len(request.prompt_ids) + max(len(c) for c in choice_ids) > limit:
-                raise LMResponseError(f"the prompt and its longest choice do not fit in hf/{self.model}'s {limit} tokens", retryable=False)
             for ids in choice_ids:
                 rows.append(request.prompt_ids + ids)
                 spans.append(len(ids))
@@ -357,12 +368,11 @@ class HuggingFaceLM(LM):
             for i, row in enumerate(batch):
                 input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
                 attention[i, : len(row)] = 1
-            with torch.inference_mode():
-                logits = self._forward_logits(model, input_ids.to(model.device), attention.to(model.device)).float()
-                logprobs = torch.log_softmax(logits, dim=-1).cpu()
-            for i, row in enumerate(batch):
-                end, span = len(row), lengths[i]
-                targets = torch.tensor(row[end - span :], dtype=torch.long)
-                picked = logprobs[i, end - span - 1 : end - 1].gather(1, targets[:, None])
-                out.append(float(picked.sum()))
+            with self._model_lock, torch.inference_mode():
+                logits = self._forward_logits(model, input_ids.to(model.device), attention.to(model.device))
+                for i, row in enumerate(batch):  # normalise only the scored span, on the device: never batch x length x vocab
+                    end, span = len(row), lengths[i]
+                    targets = torch.tensor(row[end - span :], dtype=torch.long, device=logits.device)
+                    span_logprobs = torch.log_softmax(logits[i, end - span - 1 : end - 1].float(), dim=-1)
+                    out.append(float(span_logprobs.gather(1, targets[:, None]).sum()))
         return out

@@ -181,6 +181,10 @@ class SoftPromptState:
         return bound if bound.base is lm else applied
 
 
+def _virtual_tokens(prompt: SoftPromptState) -> int:
+    return int(prompt.config.get("num_virtual_tokens") or 0)
+
+
 def build_peft_model(model: Any, prompt: SoftPromptState) -> Any:
     """``model`` wrapped by PEFT with ``prompt``'s trained tensors loaded, in eval mode."""
     from peft import get_peft_model, set_peft_model_state_dict
@@ -188,9 +192,12 @@ def build_peft_model(model: Any, prompt: SoftPromptState) -> Any:
     peft_model = get_peft_model(model, prompt.peft_config())  # the task's own class (causal LM, classifier), not the bare PeftModel
     tensors = {k: v.to(model.device) for k, v in prompt.tensors.items()}
     try:
-        set_peft_model_state_dict(peft_model, tensors)
+        result = set_peft_model_state_dict(peft_model, tensors)
     except (RuntimeError, KeyError, ValueError) as exc:  # shapes of another model or method
         raise ArtifactError(f"the soft prompt's tensors do not fit {type(model).__name__}: {exc}") from None
+    missing = [k for k in getattr(result, "missing_keys", []) or [] if "modules_to_save" in k]
+    if missing:  # a classification head left at random would answer at random
+        raise ArtifactError(f"the soft prompt lacks trained tensors for {missing[:3]}; the file is incomplete")
     peft_model.eval()
     return peft_model
 
@@ -205,6 +212,7 @@ class SoftPromptLM(HuggingFaceLM):
         self.path = base.path
         self.soft_prompt = prompt
         self._peft: Any = None
+        self._model_lock = base._model_lock  # one model, one lock: see HuggingFaceLM
 
     def cache_identity(self) -> dict[str, Any]:
         return {**self.base.cache_identity(), "soft_prompt": self.soft_prompt.digest}
@@ -214,10 +222,15 @@ class SoftPromptLM(HuggingFaceLM):
 
     def load(self) -> tuple[Any, Any]:
         tokenizer, model = self.base.load()
-        with self._load_lock:
+        with self._load_lock, self._model_lock:
             if self._peft is None:
                 self._peft = build_peft_model(model, self.soft_prompt)
         return tokenizer, model
+
+    @property
+    def context_length(self) -> int:
+        """The base model's context less the virtual tokens in front of every prompt."""
+        return self.base.context_length - _virtual_tokens(self.soft_prompt)
 
     @property
     def peft_model(self) -> Any:
@@ -286,12 +299,13 @@ class EncoderClassifierLM(HuggingFaceLM):
     @property
     def context_length(self) -> int:
         _, model = self.load()
-        return int(getattr(model.config, "max_position_embeddings", 512))
+        return int(getattr(model.config, "max_position_embeddings", 512)) - _virtual_tokens(self.soft_prompt)
 
     def prompt_ids(self, messages: list[Any]) -> list[int]:
+        """The prompt as one text, cut to fit beside the virtual tokens: a classifier reads what fits."""
         tokenizer, _ = self.load()
         text = "\n".join(m["content"] for m in messages)
-        return list(tokenizer(text, add_special_tokens=True, truncation=True, max_length=self.context_length)["input_ids"])
+        return list(tokenizer(text, add_special_tokens=True, truncation=True, max_length=self.context_length - 1)["input_ids"])
 
     def _run_batch(self, group: list[_Request]) -> list[list[Completion]]:
         import torch

@@ -32,6 +32,11 @@ __all__ = ["Predict", "ChainOfThought"]
 _CALL_OPTIONS = {"demos", "config", "lm"}
 
 
+def _greedy_single(settings: Mapping[str, Any]) -> bool:
+    """One greedy answer is asked for: the case where scoring the labels replaces generating."""
+    return float(settings.get("temperature") or 0.0) == 0.0 and int(settings.get("n") or 1) == 1
+
+
 class Predict(Module):
     """One LM call shaped by a signature: ``Predict("question -> answer")(question=...)``."""
 
@@ -108,9 +113,9 @@ class Predict(Module):
         lm = self.resolve_lm(options.get("lm"))
         demos = options.get("demos", self.demos)
         settings = {**self.config, **options.get("config", {})}
-        if getattr(lm, "supports_choices", False) and "choices" not in settings:
+        if getattr(lm, "supports_choices", False) and "choices" not in settings and _greedy_single({**lm.settings, **settings}):
             choices = self.resolve_adapter(lm).choice_completions(self.signature)
-            if choices:  # an in-process model answers a classification output with one of its labels
+            if choices:  # an in-process model answers a classification output with one of its labels (config choices=None opts out)
                 settings["choices"] = choices
         inputs = self.check_inputs(kwargs)
         if self.demo_selector is not None and "demos" not in options:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from oobleck.errors import BudgetExceeded, OobleckError
 from oobleck.evaluate.evaluate import Evaluate
 from oobleck.example import Example
 from oobleck.modules.module import Module
@@ -57,7 +58,15 @@ class WithFallback(Optimizer):
                 )
                 logger.warning("soft prompt fallback did not run: %s", info["why"])
             else:
-                soft = self.soft.compile(compiled, trainset=trainset, valset=valset)
+                try:
+                    soft = self.soft.compile(compiled, trainset=trainset, valset=valset)
+                except BudgetExceeded:
+                    raise
+                except OobleckError as exc:  # the discrete result stands; say why training could not run
+                    info["why"] = f"discrete dev score {best:.3f} is {trigger}, but soft prompt training failed: {exc}"
+                    logger.warning("soft prompt fallback failed: %s", exc)
+                    compiled.compile_info = {**getattr(compiled, "compile_info", {}), "fallback": info}
+                    return compiled
                 score = evaluate(soft).score
                 info.update(ran=True, soft_dev=score, why=f"discrete dev score {best:.3f} is {trigger}")
                 if score > best:

@@ -9,6 +9,7 @@ dev metric chooses), and the dev metric picks the step to keep.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import tempfile
@@ -159,6 +160,8 @@ class SoftPrompt(Optimizer):
         output = next(iter(predictor.signature.output_fields.values()))
         labels = choices_of(output.annotation) if len(predictor.signature.output_fields) == 1 else None
         choices = predictor.resolve_adapter(lm).choice_completions(predictor.signature) if labels else None
+        if labels and choices is None and not is_encoder(lm.path):
+            labels = None  # this adapter cannot write label completions: learn the output as text instead
         options = [False, True] if self.keep_demos == "search" and predictor.demos else [bool(self.keep_demos) and bool(predictor.demos)]
         instruction = (self.init_text or predictor.signature.instructions) if self.init == "instruction" else None
         best: tuple[TrainingRun, bool] | None = None
@@ -226,7 +229,8 @@ def build_records(predictor: Predict, lm: HuggingFaceLM, train: Sequence[Example
         own_demos = [d for d in demos if any(d.get(n) != row.get(n) for n in signature.input_fields)]
         label = None
         if labels is not None:
-            value = str(next(iter(outputs.values())))
+            value = next(iter(outputs.values()))
+            value = str(value.value if isinstance(value, enum.Enum) else value)  # labels are an enum's values
             if value not in labels:
                 continue
             label = labels.index(value)

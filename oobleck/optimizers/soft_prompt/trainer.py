@@ -5,8 +5,9 @@ compute goes to padding. Generation outputs learn the output span only; classifi
 learn a verbalizer loss (a softmax over the label words' sequence scores, so multi-token labels
 count whole); encoders learn their classification head's loss. Every ``eval_every`` steps the
 real program runs on the dev set with the current prompt and the best is kept; training stops
-early after ``patience`` evaluations without a gain. A checkpoint (safetensors + JSON, written
-atomically) after each evaluation lets a killed run resume where it stopped.
+early after ``patience`` evaluations without a gain. A checkpoint (one safetensors file, written
+atomically, with a fingerprint of the data, model and settings) after each evaluation lets a
+killed run resume where it stopped; a checkpoint of any other run is ignored.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = ["SoftPromptTrainer", "TrainingRecord", "TrainingRun", "machine_thread
 
 logger = logging.getLogger("oobleck.optimizers.soft_prompt")
 HEAD_LR = 1e-2
+CHECKPOINT = "checkpoint.safetensors"
 
 
 @dataclass
@@ -177,12 +179,12 @@ class SoftPromptTrainer:
             ids, mask = _right_pad(rows, self.lm_pad, device)
             kw = self._task_ids(batch, device, per_choice=len(choice_ids))
             logits = peft_model(input_ids=ids, attention_mask=mask, **kw).logits[:, -ids.shape[1] :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
             scores = []
-            for row, (tokens, span) in enumerate(zip(rows, spans, strict=True)):
+            for row, (tokens, span) in enumerate(zip(rows, spans, strict=True)):  # normalise the label spans only
                 end = len(tokens)
                 target = ids[row, end - span : end]
-                scores.append(logprobs[row, end - span - 1 : end - 1].gather(1, target[:, None]).sum())
+                span_logprobs = torch.log_softmax(logits[row, end - span - 1 : end - 1].float(), dim=-1)
+                scores.append(span_logprobs.gather(1, target[:, None]).sum())
             table = torch.stack(scores).view(len(batch), len(choice_ids))
             gold = torch.tensor([e["label"] for e in batch], device=device)
             return torch.nn.functional.cross_entropy(table, gold), int(mask.sum())
@@ -194,6 +196,19 @@ class SoftPromptTrainer:
             labels[row, start : start + len(e["target"])] = ids[row, start : start + len(e["target"])]
         output = peft_model(input_ids=ids, attention_mask=mask, labels=labels, **task_kw)
         return output.loss, int(mask.sum())
+
+    def _fingerprint_of(self, items: list[dict[str, Any]], init_text: str | None, source_path: str | None, source_task: int | None) -> str:
+        """What makes two training runs the same run: a checkpoint resumes only its own."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        source = hashlib.sha256(Path(source_path).read_bytes()).hexdigest() if source_path else None
+        settings = [vars(self.settings), self.steps, self.batch_size, self.lr, self.warmup, self.seed, self.labels, self.choices, init_text,
+                    source, source_task, weights_sha256(self.lm.path)]  # fmt: skip
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        for item in items:
+            digest.update(json.dumps([item["prompt"], item["target"], item["label"], item["task_id"]]).encode())
+        return digest.hexdigest()
 
     def _task_ids(self, batch: list[dict[str, Any]], device: Any, per_choice: int) -> dict[str, Any]:
         if self.settings.method != "multitask_prompt_tuning":
@@ -217,6 +232,7 @@ class SoftPromptTrainer:
         tokenizer, model, peft_model, initialised = self.build(init_text, source_path=source_path, source_task=source_task)
         self.lm_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         items = self.encode(records, tokenizer)
+        self._fingerprint = self._fingerprint_of(items, init_text, source_path, source_task)
         choice_ids = self._choice_ids(tokenizer) if not self.encoder else []
         named = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
         trainable = [p for _, p in named]
@@ -249,13 +265,15 @@ class SoftPromptTrainer:
             return SoftPromptState(self.settings.method, config, tensors, self.lm.model, base_sha, "encoder_classifier" if self.encoder else "causal",
                                    self.labels, task_id, {"init": "text" if initialised else "random"})  # fmt: skip
 
+        live = self._live_lm(state_of({}), peft_model, tokenizer) if evaluate is not None else None
+
         def score_now() -> float:
-            if evaluate is None:
+            if evaluate is None or live is None:
                 return -float(history[-1]["loss"]) if history else 0.0
             peft_model.eval()
             try:
                 with torch.inference_mode():
-                    return float(evaluate(self._live_lm(state_of(snapshot()), peft_model, tokenizer)))
+                    return float(evaluate(live))
             finally:
                 peft_model.train()
 
@@ -321,7 +339,7 @@ class SoftPromptTrainer:
         return TrainingRun(state, float(best["score"]), int(best["step"]), history, time.perf_counter() - started, tokens, step, stopped)
 
     def _live_lm(self, state: SoftPromptState, peft_model: Any, tokenizer: Any) -> HuggingFaceLM:
-        """An LM over the model being trained (no copy, no cache), for dev evaluations during training."""
+        """One LM over the model being trained (no copy, no cache) for every dev evaluation of a run."""
         if self.encoder:
             live: HuggingFaceLM = EncoderClassifierLM(self.lm, state, cache=False)
             live._tokenizer, live._model = tokenizer, peft_model
@@ -334,6 +352,7 @@ class SoftPromptTrainer:
 
     def _checkpoint(self, peft_model: Any, optimizer: Any, schedule: Any, step: int, tokens: int, stale: int,
                     history: list[dict[str, Any]], best: dict[str, Any]) -> None:  # fmt: skip
+        """One safetensors file (weights, optimizer moments, best prompt; the rest as its metadata), replaced atomically."""
         if self.checkpoint_dir is None:
             return
         from safetensors.torch import save_file
@@ -341,51 +360,58 @@ class SoftPromptTrainer:
         folder = self.checkpoint_dir
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in peft_model.named_parameters() if p.requires_grad}
-        steps = {}
+        scalars = {}
         for index, state in optimizer.state_dict()["state"].items():
             for key, value in state.items():
                 if hasattr(value, "shape") and value.dim() > 0:
                     tensors[f"adam.{index}.{key}"] = value.detach().cpu().contiguous()
                 else:
-                    steps[f"{index}.{key}"] = float(value)
+                    scalars[f"{index}.{key}"] = float(value)
         if best["tensors"] is not None:
             tensors.update({f"best.{k}": v.contiguous() for k, v in best["tensors"].items()})
         meta = {"step": step, "tokens": tokens, "stale": stale, "history": history, "best_score": best["score"], "best_step": best["step"],
-                "adam_scalars": steps, "schedule": schedule.state_dict()["last_epoch"], "method": self.settings.method, "seed": self.seed}  # fmt: skip
-        _atomic(folder / "checkpoint.safetensors", lambda path: save_file(tensors, str(path)))
-        _atomic(folder / "checkpoint.json", lambda path: Path(path).write_text(json.dumps(meta)))
+                "adam_scalars": scalars, "schedule": schedule.state_dict()["last_epoch"], "fingerprint": self._fingerprint}  # fmt: skip
+        _atomic(folder / CHECKPOINT, lambda path: save_file(tensors, str(path), metadata={"oobleck": json.dumps(meta)}))
 
     def _resume(self, peft_model: Any, optimizer: Any, schedule: Any) -> tuple[int, int, int, list[dict[str, Any]], dict[str, Any]] | None:
-        if self.checkpoint_dir is None or not (self.checkpoint_dir / "checkpoint.json").is_file():
+        """The state of an earlier run of this same training (same fingerprint), or None to start afresh."""
+        path = self.checkpoint_dir / CHECKPOINT if self.checkpoint_dir is not None else None
+        if path is None or not path.is_file():
             return None
         import torch
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
-            meta = json.loads((self.checkpoint_dir / "checkpoint.json").read_text())
-            tensors = load_file(str(self.checkpoint_dir / "checkpoint.safetensors"))
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring an unreadable soft prompt checkpoint in %s: %s", self.checkpoint_dir, exc)
+            with safe_open(str(path), framework="pt") as handle:
+                meta = json.loads((handle.metadata() or {}).get("oobleck", "{}"))
+            tensors = load_file(str(path))
+        except (OSError, ValueError, SafetensorError) as exc:
+            logger.warning("ignoring an unreadable soft prompt checkpoint %s: %s", path, exc)
             return None
-        if meta.get("method") != self.settings.method or meta.get("seed") != self.seed:
-            logger.warning("the checkpoint in %s is of another run (method or seed differ); starting afresh", self.checkpoint_dir)
+        if meta.get("fingerprint") != self._fingerprint:
+            logger.warning("the checkpoint %s is of another training run (data, model or settings differ); starting afresh", path)
             return None
-        params = dict(peft_model.named_parameters())
-        with torch.no_grad():
+        try:
+            params = dict(peft_model.named_parameters())
+            with torch.no_grad():
+                for key, value in tensors.items():
+                    if key.startswith("param."):
+                        params[key[6:]].copy_(value.to(params[key[6:]].device))
+            state = optimizer.state_dict()
+            by_index: dict[int, dict[str, Any]] = {}
             for key, value in tensors.items():
-                if key.startswith("param."):
-                    params[key[6:]].copy_(value.to(params[key[6:]].device))
-        state = optimizer.state_dict()
-        by_index: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith("adam."):
-                _, index, name = key.split(".", 2)
-                by_index.setdefault(int(index), {})[name] = value
-        for key, value in meta.get("adam_scalars", {}).items():
-            index, name = key.split(".", 1)
-            by_index.setdefault(int(index), {})[name] = torch.tensor(value)
-        state["state"] = by_index
-        optimizer.load_state_dict(state)
+                if key.startswith("adam."):
+                    _, index, name = key.split(".", 2)
+                    by_index.setdefault(int(index), {})[name] = value
+            for key, value in meta.get("adam_scalars", {}).items():
+                index, name = key.split(".", 1)
+                by_index.setdefault(int(index), {})[name] = torch.tensor(value)
+            state["state"] = by_index
+            optimizer.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            logger.warning("the checkpoint %s does not fit this model (%s); starting afresh", path, exc)
+            return None
         for _ in range(int(meta.get("schedule", 0))):
             schedule.step()
         best_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
