@@ -160,6 +160,16 @@ def test_index_of_another_kind_or_newer_version_is_refused(tmp_path: Path) -> No
         load_index(folder)
 
 
+def test_a_manifest_naming_files_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    folder = BM25(CORPUS, progress=False).save(tmp_path / "bm25.index")
+    (tmp_path / "secret.txt").write_text("not yours")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["../secret.txt"] = {"bytes": 9, "sha256": "0" * 64}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ob.RetrievalIndexError, match="names a file outside itself"):
+        load_index(folder)
+
+
 def test_saving_never_overwrites_a_folder_that_is_not_an_index(tmp_path: Path) -> None:
     precious = tmp_path / "data"
     precious.mkdir()

@@ -230,6 +230,15 @@ def test_64_concurrent_requests_over_http_each_matched_to_its_request() -> None:
     assert 'oobleck_request_duration_seconds_count{endpoint="/programs/echo"} 72' in metrics
 
 
+def test_unrouted_paths_share_one_metrics_label(classify_server: BackgroundServer) -> None:
+    for i in range(3):  # trailing slashes get redirects, other paths 404s: neither may mint a label per path
+        httpx.get(classify_server.url + f"/programs/made-up-{i}/")
+        httpx.get(classify_server.url + f"/nowhere-{i}")
+    metrics = httpx.get(classify_server.url + "/metrics").text
+    assert "made-up" not in metrics and "nowhere" not in metrics
+    assert 'endpoint="unmatched"' in metrics
+
+
 def test_metrics_histogram_is_cumulative_and_well_formed(classify_server: BackgroundServer) -> None:
     for i in range(3):
         httpx.post(classify_server.url + "/programs/classify", json={"ticket": f"t{i}", "priority": i})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from oobleck.errors import DataError
 from oobleck.evaluate.evaluate import Evaluate
 from oobleck.evaluate.metrics import all_gold_retrieved, answer_exact_match, answer_f1, passage_recall
 from oobleck.example import Example
@@ -26,6 +27,8 @@ RETRIEVAL_QA_METRICS: dict[str, Callable[..., Any]] = {
 def evaluate_retrieval_qa(program: Callable[..., Any], devset: Sequence[Example], *, num_threads: int = 8,
                           display_progress: bool = False) -> dict[str, Any]:  # fmt: skip
     """Mean of each metric over ``devset`` (a failed example scores 0 on all), plus ``n`` and ``errors``."""
+    if not devset:
+        raise DataError("evaluate_retrieval_qa needs at least one example; the devset is empty")
     result = Evaluate(devset=list(devset), metric=answer_exact_match, num_threads=num_threads, display_progress=display_progress)(program)
     totals = dict.fromkeys(RETRIEVAL_QA_METRICS, 0.0)
     for item in result.results:

@@ -91,7 +91,10 @@ class Hybrid(IndexedRetriever):
         parts: list[Retriever] = []
         for entry in settings.get("parts") or []:
             if isinstance(entry, dict) and isinstance(entry.get("index"), str):
-                parts.append(load_index(folder / entry["index"], verify=False))  # this manifest already checked their files
+                part = folder / entry["index"]
+                if not part.resolve().is_relative_to(folder.resolve()):
+                    raise RetrievalIndexError(f"index {folder} names a part outside itself: {entry['index']!r}")
+                parts.append(load_index(part, verify=False))  # inside this folder: its manifest already checked their files
             elif isinstance(entry, dict) and isinstance(entry.get("config"), dict):
                 parts.append(retriever_from_config(entry["config"]))
             else:

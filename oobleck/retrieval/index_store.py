@@ -108,8 +108,11 @@ def read_index(path: str | os.PathLike[str], *, kind: str | None = None, verify:
         raise RetrievalIndexError(f"{file} lacks its file list or settings")
     if not isinstance(manifest.get("passages"), int):
         raise RetrievalIndexError(f"{file} lacks the passage count")
+    root = folder.resolve()
     for name, facts in files.items():
         member = folder / name
+        if not member.resolve().is_relative_to(root):  # a manifest names files inside its own folder, nowhere else
+            raise RetrievalIndexError(f"index {folder} names a file outside itself: {name!r}")
         if not isinstance(facts, dict) or not member.is_file():
             raise RetrievalIndexError(f"index {folder} is incomplete: {name} is missing")
         if member.stat().st_size != facts.get("bytes"):

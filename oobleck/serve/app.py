@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oobleck._json import to_jsonable
 from oobleck._version import __version__
-from oobleck.errors import BudgetExceeded, InputError, LMError, OobleckError, ParseError
+from oobleck.errors import BudgetExceeded, InputError, LMError, OobleckError, ParseError, RetrievalError
 from oobleck.lm.usage import track_usage
 from oobleck.modules.module import Module
 from oobleck.serve.metrics import CONTENT_TYPE, Metrics
@@ -112,9 +112,8 @@ class _RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
-            # Unrouted requests share one label unless they were answered (the docs pages), so
-            # random 404 paths cannot grow the label set.
-            endpoint = getattr(route, "path", None) or (scope.get("path", "") if status < 400 else "unmatched")
+            # Every unrouted request shares one label (redirects included), so no client can grow the label set.
+            endpoint = getattr(route, "path", None) or "unmatched"
             self.metrics.finished(scope.get("method", "-"), endpoint, status, time.perf_counter() - started)
 
 
@@ -174,7 +173,7 @@ def _program_route(app: FastAPI, served: ServedProgram, metrics: Metrics, taken:
         except InputError as exc:
             metrics.error(endpoint_label, "invalid_request")
             return error_response(request, 422, "invalid_request", str(exc))
-        except (LMError, ParseError) as exc:
+        except (LMError, ParseError, RetrievalError) as exc:  # an upstream (LM, retriever) failed: a bad gateway
             metrics.error(endpoint_label, "lm_error")
             logger.warning("request %s to %s: LM failure: %s: %s", request_id_of(request), served.name, type(exc).__name__, exc)
             return error_response(request, 502, "lm_error", lm_failure(exc))

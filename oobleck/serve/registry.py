@@ -87,8 +87,17 @@ class ServedProgram:
             "outputs": None if self.outputs is None else fields(self.outputs),
             "instructions": self.instructions,
             "predictors": [n for n, _ in self.program.named_predictors()],
-            "lms": {n: lm.describe().get("model") for n, lm in self.lms().items()},
+            "lms": {n: _public_model_id(lm.describe().get("model")) for n, lm in self.lms().items()},
         }
+
+
+def _public_model_id(model: Any) -> Any:
+    """An LM's id without the server's file layout: ``hf/<folder name>`` for a local model path."""
+    if isinstance(model, str) and "/" in model:
+        provider, _, rest = model.partition("/")
+        if rest.startswith(("/", "~", ".")):
+            return f"{provider}/{rest.rstrip('/').rsplit('/', 1)[-1]}"
+    return model
 
 
 def check_name(name: str) -> str:

@@ -138,8 +138,10 @@ class SoftPrompt(Optimizer):
             baseline = None if encoder else Evaluate(devset=dev, metric=self.metric, num_threads=self.num_threads, display_progress=False)(program).score
             final = Evaluate(devset=dev, metric=self.metric, num_threads=self.num_threads, display_progress=False)(compiled).score
         scores = {"baseline_dev": baseline, "best_dev": final}
+        candidate = Candidate.from_program(compiled, "soft_prompt")
+        candidate.score = final
         compiled.compile_info = self._provenance(program, seed=self.seed, trainset=train, valset=valset, scores=scores,
-                                                 candidates=[Candidate.from_program(compiled, "soft_prompt")], usage=usage, metric=self.metric)  # fmt: skip
+                                                 candidates=[candidate], usage=usage, metric=self.metric)  # fmt: skip
         compiled.compile_info["soft_prompt"] = {"runs": self.runs, "skipped": reasons}
         logger.info("soft prompt: dev %s -> %.3f", "-" if baseline is None else f"{baseline:.3f}", final)
         return compiled
