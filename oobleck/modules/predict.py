@@ -8,6 +8,7 @@ declared types and records the call in the active trace.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -134,7 +135,10 @@ class Predict(Module):
         return self._prediction(inputs, outputs)
 
     async def aforward(self, **kwargs: Any) -> Prediction:
-        inputs, demos, settings, lm = self._split(kwargs)
+        if self.demo_selector is not None:  # choosing demos embeds the query: keep that work off the event loop
+            inputs, demos, settings, lm = await asyncio.to_thread(self._split, kwargs)
+        else:
+            inputs, demos, settings, lm = self._split(kwargs)
         outputs = await self.resolve_adapter(lm).acall(lm, self.signature, demos, inputs, **settings)
         return self._prediction(inputs, outputs)
 
