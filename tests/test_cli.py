@@ -145,3 +145,27 @@ def test_ensemble_compiles_saves_and_runs(workdir: Path) -> None:
     run = oobleck("run", "ensemble.oobleck", "--input", "word=stone", "--json", cwd=workdir)
     assert run.returncode == 0, run.stderr
     assert set(json.loads(run.stdout)) == {"answer"}
+
+
+def test_soft_prompt_from_the_command_line_and_the_fallback_record(workdir: Path) -> None:
+    result = _compile(workdir, "soft.oobleck", "--optimizer", "soft", "--soft-steps", "12")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((workdir / "soft.oobleck" / "program.json").read_text())
+    entry = document["program"]["predictors"]["self"]["soft_prompt"]
+    assert entry["method"] == "prompt_tuning" and (workdir / "soft.oobleck" / entry["file"]).is_file()
+    assert (workdir / "soft.oobleck.softprompt").is_dir()  # checkpoints for a resumed run
+    run = oobleck("run", "soft.oobleck", "--input", "word=stone", "--json", cwd=workdir)
+    assert run.returncode == 0, run.stderr
+    assert set(json.loads(run.stdout)) == {"answer"}
+
+    fallback = _compile(workdir, "fallback.oobleck", "--optimizer", "labeled", "--fallback", "soft", "--target", "0.99", "--soft-steps", "6")
+    assert fallback.returncode == 0, fallback.stderr
+    document = json.loads((workdir / "fallback.oobleck" / "program.json").read_text())
+    record = document["provenance"]["fallback"]
+    assert record["ran"] is True and "below the target 0.99" in record["why"]
+    kept_discrete = "kept" in record  # the soft prompt is saved only when it beat the discrete result on dev
+    assert kept_discrete == (record["soft_dev"] <= record["discrete_dev"])
+    assert ("soft_prompt" in document["program"]["predictors"]["self"]) is not kept_discrete
+
+    refused = _compile(workdir, "x.oobleck", "--optimizer", "soft", "--fallback", "soft")
+    assert refused.returncode == 2 and "follows a discrete optimizer" in refused.stderr and "Traceback" not in refused.stderr
