@@ -117,6 +117,7 @@ def test_save_load_gives_the_same_logits_and_refuses_another_model(tmp_path, tin
     assert entry["method"] == "prompt_tuning" and entry["base_model"] == "oobleck-tiny" and len(entry["base_sha256"]) == 64
     assert (tmp_path / "p.oobleck" / entry["file"]).is_file() and not list((tmp_path / "p.oobleck").rglob("*.bin"))
     loaded = ob.load(tmp_path / "p.oobleck", lm=ob.LM("hf/oobleck-tiny", cache=False))
+    assert isinstance(loaded.resolve_lm(), SoftPromptLM)
     assert _mean_nll(tiny, loaded.soft_prompt, records) == pytest.approx(_mean_nll(tiny, run.state, records), abs=1e-6)
     assert loaded(word="planet").answer == program(word="planet").answer
     with pytest.raises(ob.ArtifactError, match="trained on 'oobleck-tiny'"):
