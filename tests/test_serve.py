@@ -326,3 +326,16 @@ def test_dspy_calls_a_served_model_through_its_openai_provider(openai_server, mo
     assert single_lm.seen[-1]["max_tokens"] == 50
     with pytest.raises(Exception, match="reads at most 200"):  # our context_length_exceeded reaches DSPy's own error
         lm("x" * 300)
+
+
+def test_a_program_whose_retrieve_has_no_retriever_is_refused_at_start() -> None:
+    class Lookup(ob.Module):
+        def __init__(self) -> None:
+            self.search = ob.Retrieve(k=2)
+            self.answer = ob.Predict("context: list[str], question -> answer", lm=ScriptedLM(["answer: x"]))
+
+        def forward(self, question: str) -> ob.Prediction:
+            return self.answer(context=list(self.search(question).passages), question=question)
+
+    with pytest.raises(ob.ConfigurationError, match="Retrieve 'search' cannot run: no retriever configured"):
+        ServedProgram("lookup", Lookup())

@@ -57,6 +57,13 @@ class ServedProgram:
             raise ConfigurationError(f"program {self.name!r} must be an ob.Module, not {type(self.program).__name__}")
         if not self.inputs:
             self.inputs, self.outputs, self.instructions = interface_of(self.program)
+        from oobleck.modules.retrieve import named_retrievers
+
+        for path, retrieve in named_retrievers(self.program):  # a program that cannot retrieve fails now, not on each request
+            try:
+                retrieve.resolve_retriever()
+            except OobleckError as exc:
+                raise ConfigurationError(f"program {self.name!r}: its Retrieve {path!r} cannot run: {exc}") from None
 
     @property
     def kind(self) -> str:
