@@ -443,12 +443,7 @@ def run(
     from oobleck._json import to_jsonable
 
     loaded, _ = _load(artifact, program, lm)
-    values: dict[str, Any] = {}
-    for item in input:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DataError(f"--input must be key=value, got {item!r}")
-        values[key.strip()] = _parse_cli_value(value)
+    values = _input_values(input)
     prediction = loaded(**values)
     outputs = dict(prediction) if hasattr(prediction, "items") else {"output": prediction}
     if as_json:
@@ -460,6 +455,17 @@ def run(
     for key, value in outputs.items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+def _input_values(items: list[str]) -> dict[str, Any]:
+    """``--input key=value`` pairs as the program's keyword inputs (JSON lists and objects parsed, the rest text)."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DataError(f"--input must be key=value, got {item!r}")
+        values[key.strip()] = _parse_cli_value(value)
+    return values
 
 
 def _parse_cli_value(text: str) -> Any:
@@ -527,12 +533,7 @@ def _inspect_trace(artifact: Path, program_ref: str | None, lm_id: str | None, i
     if not items:
         raise DataError("--trace needs the program's inputs: --input key=value (repeat for each field)")
     loaded, _ = _load(artifact, program_ref, lm_id)
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DataError(f"--input must be key=value, got {item!r}")
-        values[key.strip()] = _parse_cli_value(value)
+    values = _input_values(items)
     with tracing() as entries:
         outputs = loaded(**values)
     render_trace(console, loaded, entries, outputs)

@@ -112,6 +112,15 @@ class Optimizer(ABC):
     def compile(self, program: Module, *, trainset: Sequence[Example], valset: Sequence[Example] | None = None) -> Module:
         """Return an optimized copy of ``program``; the input program is not changed."""
 
+    def _resumable(self, budget: Any, storage: Any, study: str | None, exclusive: bool) -> None:
+        """Keep what ``open_session`` needs for a resumable search (budget, optuna storage, study name, exclusivity)."""
+        self._budget = budget
+        self._storage = storage
+        self._study = study
+        self._exclusive = exclusive
+        self.session: Any = None
+        self.report_extras: dict[str, Any] = {}
+
     def settings(self) -> dict[str, Any]:
         """Settings recorded in provenance (JSON-ready, no callables)."""
         out = {}

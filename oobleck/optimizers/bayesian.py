@@ -70,11 +70,7 @@ class Bayesian(Optimizer):
         self.num_threads = num_threads
         self.display_progress = display_progress
         self._proposer = proposer or InstructionProposer(prompt_lm, num_candidates=num_instructions, pool=instructions, seed=seed)
-        self._budget = budget
-        self._storage = storage
-        self._study = study
-        self._exclusive = exclusive
-        self.session: CompileSession | None = None
+        self._resumable(budget, storage, study, exclusive)
 
     def settings(self) -> dict[str, Any]:
         out = super().settings()

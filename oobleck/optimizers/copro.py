@@ -28,7 +28,7 @@ from oobleck.modules.module import Module
 from oobleck.modules.predict import Predict
 from oobleck.optimizers.base import Candidate, Optimizer, open_session
 from oobleck.optimizers.proposer import InstructionProposer
-from oobleck.optimizers.session import CompileSession, candidate_key
+from oobleck.optimizers.session import candidate_key
 from oobleck.optimizers.steps import StepLoop, logical_spend, session_usage
 
 __all__ = ["COPRO"]
@@ -69,12 +69,7 @@ class COPRO(Optimizer):
         self.num_threads = num_threads
         self.seed = seed
         self._prompt_lm = prompt_lm
-        self._budget = budget
-        self._storage = storage
-        self._study = study
-        self._exclusive = exclusive
-        self.session: CompileSession | None = None
-        self.report_extras: dict[str, Any] = {}
+        self._resumable(budget, storage, study, exclusive)
 
     def settings(self) -> dict[str, Any]:
         out = super().settings()

@@ -206,12 +206,7 @@ class Reflective(Optimizer):
         self.seed = seed
         self._reflection_lm = reflection_lm
         self._feedback = feedback
-        self._budget = budget
-        self._storage = storage
-        self._study = study
-        self._exclusive = exclusive
-        self.session: CompileSession | None = None
-        self.report_extras: dict[str, Any] = {}
+        self._resumable(budget, storage, study, exclusive)
 
     def settings(self) -> dict[str, Any]:
         out = super().settings()
