@@ -336,6 +336,26 @@ def test_chat_through_the_sdk_over_a_chunked_server() -> None:
         assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
 
 
+def test_cookies_a_server_sets_are_kept_and_sent_back() -> None:
+    """The SDK clients skip cookie parsing for replies without Set-Cookie, not for those with it."""
+    reply = json.loads(json.dumps(chat_body("[[ ## answer ## ]]\nyes\n\n[[ ## completed ## ]]")))
+    plain = [ok_json(reply)]
+    sets = [ok_json(reply, b"Set-Cookie: session=abc123; Path=/\r\n")]
+    with scripted([plain, sets, plain, sets, plain]) as server:
+        lm = ob.LM("openai/m", base_url=server.url + "/v1", retry=NO_RETRY, cache=False)
+        for text in ("one", "two", "three"):
+            assert lm(messages=user(text))[0].startswith("[[ ## answer ## ]]")
+
+        async def twice() -> None:
+            for text in ("four", "five"):
+                await lm.acall(messages=user(text))
+
+        asyncio.run(twice())
+        sent = [b"cookie: session=abc123" in r.lower() for r in server.requests]
+        assert sent == [False, False, True, False, True]  # sync, then async: each client keeps what it was sent
+        assert all(r.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") for r in server.requests)
+
+
 # -- asyncio -----------------------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any, NoReturn
 
-__all__ = ["AsyncKeepAliveTransport", "KeepAliveTransport", "sdk_httpx", "use_for"]
+__all__ = ["AsyncKeepAliveTransport", "KeepAliveTransport", "http_client", "sdk_httpx", "use_for"]
 
 _BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")  # a header name is an RFC 9110 token
 _MAX_HEAD = 64 * 1024  # response status line and headers
@@ -809,3 +809,38 @@ class _AsyncBody(httpx.AsyncByteStream):  # type: ignore[name-defined,misc]
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             self._transport._release(self._loop, self._key, protocol, self._framing.reusable)
+
+
+# -- the SDK's httpx clients over these transports -------------------------------------------
+
+
+_SET_COOKIE = (b"set-cookie", b"set-cookie2")
+
+
+class _SetCookieOnlyCookies(httpx.Cookies):  # type: ignore[name-defined,misc]
+    """A client's cookie store that reads a response's headers only when they set a cookie.
+
+    Why: httpx passes every response to ``http.cookiejar``, which builds urllib request and
+    response stand-ins and copies every header each time (about a tenth of the client CPU per
+    request here) only to find no ``Set-Cookie`` on an LM server's reply. Skipping that call
+    stores exactly what it would have stored: nothing.
+    """
+
+    def extract_cookies(self, response: Any) -> None:
+        if any(name.lower() in _SET_COOKIE for name, _ in response.headers.raw):
+            super().extract_cookies(response)
+
+
+def http_client(*, asynchronous: bool) -> Any:
+    """The SDK's default httpx client (``openai.DefaultHttpxClient`` or its async twin) on this transport."""
+    import openai
+
+    if asynchronous:
+        client = openai.DefaultAsyncHttpxClient(transport=AsyncKeepAliveTransport())
+    else:
+        client = openai.DefaultHttpxClient(transport=KeepAliveTransport())
+    # httpx keeps the store in ``_cookies`` (its ``cookies`` setter would wrap a new one in a
+    # plain ``Cookies``); where a future httpx differs, the client keeps its own store.
+    if type(getattr(client, "_cookies", None)) is httpx.Cookies:
+        client._cookies = _SetCookieOnlyCookies(client._cookies.jar)
+    return client

@@ -110,11 +110,7 @@ class OpenAICompatibleLM(LM):
         from oobleck.lm import http_transport
 
         if http_transport.use_for(self.base_url):
-            if asynchronous:
-                http = openai.DefaultAsyncHttpxClient(transport=http_transport.AsyncKeepAliveTransport())
-            else:
-                http = openai.DefaultHttpxClient(transport=http_transport.KeepAliveTransport())
-            client = sdk(**kwargs, http_client=http)
+            client = sdk(**kwargs, http_client=http_transport.http_client(asynchronous=asynchronous))
             return _Shards(lambda: client, per_client=_UNLIMITED)
         return _Shards(lambda: sdk(**kwargs))
 
@@ -155,7 +151,7 @@ class OpenAICompatibleLM(LM):
         shards = self._sync_shards()
         index, client = shards.acquire()
         try:
-            raw = client.post("/chat/completions", body=body, options=options, cast_to=bytes)
+            raw = client.post(_endpoint(client), body=body, options=options, cast_to=bytes)
         except openai.OpenAIError as exc:
             raise self._translate(exc) from exc
         finally:
@@ -169,7 +165,7 @@ class OpenAICompatibleLM(LM):
         shards = self._async_shards()
         index, client = shards.acquire()
         try:
-            raw = await client.post("/chat/completions", body=body, options=options, cast_to=bytes)
+            raw = await client.post(_endpoint(client), body=body, options=options, cast_to=bytes)
         except openai.OpenAIError as exc:
             raise self._translate(exc) from exc
         finally:
@@ -224,6 +220,15 @@ class OpenAICompatibleLM(LM):
         # Usage is per response; split it over the choices so the sum stays exact.
         share, extra = divmod(completion, len(texts))
         return [Completion(t, prompt, share + (1 if i < extra else 0)) for i, t in enumerate(texts)]
+
+
+def _endpoint(client: Any) -> str:
+    """The chat completions URL in full, so the SDK need not parse and join it with its base URL per request.
+
+    The SDK keeps ``base_url`` with a trailing slash and passes an absolute URL through as is,
+    so this is the URL it would have built from ``"/chat/completions"``, at less CPU per call.
+    """
+    return f"{client.base_url}chat/completions"
 
 
 _UNLIMITED = 1 << 30  # per_client for a single client that carries every request
