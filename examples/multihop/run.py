@@ -58,8 +58,8 @@ def build_retriever(kind: str, corpus: Path, folder: Path) -> ob.retrieval.Retri
 # predictor. Each step's first candidate is the signature's own instruction.
 INSTRUCTIONS = {
     **{f"generate_query.{hop}": [
-        "Search for one name at a time: first the person the question names, then the company or city the notes say they "
-        "work for or were born in.",
+        ("Search for one name at a time: first the person the question names, then the company or city the notes say they "
+         "work for or were born in."),
         "Write a detailed search query that covers everything the question asks about.",
     ] for hop in range(2)},
     "answer": [
@@ -140,13 +140,13 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"held-out questions: {len(data['test'])}   retriever: {args.retriever}   LM: {results['lm']}")
-    print(f"{'':24}{'answer EM':>10}{'answer F1':>10}{'recall':>8}{'all gold':>9}{'LM calls':>10}  reloaded in a fresh process")
+    print(f"{'':30}{'answer EM':>10}{'answer F1':>10}{'recall':>8}{'all gold':>9}{'LM calls':>10}  reloaded in a fresh process")
     rows = [("uncompiled", before, None, None)]
     rows += [(f"{name} ({r['optimizer']})", r["scores"], r["compile_lm_calls"], r["fresh_process_same_predictions"])
              for name, r in results["compiled"].items()]  # fmt: skip
     for label, scores, calls, same in rows:
         tail = "" if same is None else ("same predictions" if same else "DIFFERENT predictions")
-        print(f"{label:24}{scores['answer_em']:>10.3f}{scores['answer_f1']:>10.3f}{scores['passage_recall']:>8.3f}"
+        print(f"{label:30}{scores['answer_em']:>10.3f}{scores['answer_f1']:>10.3f}{scores['passage_recall']:>8.3f}"
               f"{scores['all_gold_retrieved']:>9.3f}{'' if calls is None else calls:>10}  {tail}")  # fmt: skip
     return results
 
