@@ -252,7 +252,7 @@ TEST_SEEDS = (0, 1, 2)  # worlds the table reports (never used to choose)
 # rrf_k 60, depth max(4k, 20)) and convex fusion of min-max normalised scores, each with a few
 # weights and depths. Weights are (BM25, dense).
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "rrf k=60 (former default)": {"fusion": "rrf", "rrf_k": 60.0, "depth": 40},
+    "rrf k=60 (former default)": {"fusion": "rrf", "rrf_k": 60.0},
     "rrf k=60 depth 100": {"fusion": "rrf", "rrf_k": 60.0, "depth": 100},
     "rrf k=10": {"fusion": "rrf", "rrf_k": 10.0, "depth": 50},
     "rrf k=60 weights 0.5/1": {"fusion": "rrf", "rrf_k": 60.0, "weights": [0.5, 1.0], "depth": 50},

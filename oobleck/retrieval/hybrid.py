@@ -36,8 +36,9 @@ class Hybrid(IndexedRetriever):
 
     ``fusion`` is ``"convex"`` (normalised scores, the default) or ``"rrf"`` (ranks, with
     ``rrf_k``); ``weights`` scale each part's contribution; ``depth`` is how many passages each
-    part contributes (default ``max(10 * k, 100)``: min-max scaling needs a list deep enough that
-    its bottom is unrelated passages, not the tail of the relevant ones).
+    part contributes (default for convex fusion ``max(10 * k, 100)``: min-max scaling needs a list
+    deep enough that its bottom is unrelated passages, not the tail of the relevant ones; for rank
+    fusion ``max(4 * k, 20)``, as before convex fusion existed, so older indexes rank as built).
     """
 
     kind = "hybrid"
@@ -47,7 +48,7 @@ class Hybrid(IndexedRetriever):
                  weights: Sequence[float] | None = None, depth: int | None = None, progress: bool = True):  # fmt: skip
         if fusion not in FUSIONS:
             raise ConfigurationError(f"Hybrid fusion must be one of {FUSIONS}, not {fusion!r}")
-        if depth is not None and int(depth) < 1:
+        if depth is not None and (not isinstance(depth, int) or depth < 1):
             raise ConfigurationError(f"Hybrid depth must be at least 1, not {depth!r}")
         if retrievers is None:
             if corpus is None:
@@ -74,7 +75,9 @@ class Hybrid(IndexedRetriever):
         self.path: Path | None = None
 
     def _depth(self, k: int) -> int:
-        return self.depth or max(10 * k, 100)
+        if self.depth:
+            return self.depth
+        return max(4 * k, 20) if self.fusion == "rrf" else max(10 * k, 100)
 
     def _fuse(self, rankings: list[list[Passage]], k: int) -> list[Passage]:
         if self.fusion == "rrf":
