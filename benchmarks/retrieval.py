@@ -1,8 +1,10 @@
 """Retrieval: quality on the multi-hop example corpus, and speed and memory on a 100k-passage corpus.
 
-1. Quality. recall@k of BM25, dense (MiniLM) and hybrid (rank fusion of the two) on the
-   synthetic worlds of ``examples/multihop`` (three seeds), querying with each question and
-   counting its two gold passages. Target: hybrid >= the better of BM25 and dense at every k.
+1. Quality. recall@k of BM25, dense (MiniLM) and hybrid (fusion of the two) on the
+   synthetic worlds of ``examples/multihop``: single-hop lookups (one gold passage) and whole
+   two-hop questions queried once (two gold passages). The hybrid's setting (rank or convex
+   fusion, weights, depth) is chosen on six dev worlds and reported on three other worlds.
+   Target: hybrid >= the better of BM25 and dense at every k.
 2. Speed and memory. A synthetic corpus of ``--passages`` passages (100k by default; Zipfian
    words, a unique name per passage) and ``--queries`` queries made of words of one target
    passage each. Every system runs in a fresh process (so memory is its own): build time,
@@ -15,6 +17,7 @@
    ``--minilm-queries`` queries aimed at those passages.
 
     python benchmarks/retrieval.py [--passages 100000] [--queries 1000] [--minilm-passages 1000] [--minilm-queries 100]
+    python benchmarks/retrieval.py --skip-speed          # the quality tables only (about a minute)
 """
 
 from __future__ import annotations
@@ -243,34 +246,119 @@ def lookups(passages: list[dict[str, str]]) -> list[tuple[str, str]]:
     return found
 
 
-def quality(seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
-    """recall@k for single-hop lookups (gold: one passage) and for whole two-hop questions (gold: both passages)."""
+DEV_SEEDS = (3, 4, 5, 6, 7, 8)  # worlds the hybrid settings are chosen on
+TEST_SEEDS = (0, 1, 2)  # worlds the table reports (never used to choose)
+# The settings compared on the dev worlds: rank fusion (the former default: equal weights,
+# rrf_k 60, depth max(4k, 20)) and convex fusion of min-max normalised scores, each with a few
+# weights and depths. Weights are (BM25, dense).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "rrf k=60 (former default)": {"fusion": "rrf", "rrf_k": 60.0},
+    "rrf k=60 depth 100": {"fusion": "rrf", "rrf_k": 60.0, "depth": 100},
+    "rrf k=10": {"fusion": "rrf", "rrf_k": 10.0, "depth": 50},
+    "rrf k=60 weights 0.5/1": {"fusion": "rrf", "rrf_k": 60.0, "weights": [0.5, 1.0], "depth": 50},
+    "rrf k=60 weights 1/0.5": {"fusion": "rrf", "rrf_k": 60.0, "weights": [1.0, 0.5], "depth": 50},
+    "convex (default: depth 100)": {"fusion": "convex"},
+    "convex depth 20": {"fusion": "convex", "depth": 20},
+    "convex depth 50": {"fusion": "convex", "depth": 50},
+    "convex weights 0.4/0.6": {"fusion": "convex", "weights": [0.4, 0.6]},
+    "convex weights 0.6/0.4": {"fusion": "convex", "weights": [0.6, 0.4]},
+    "convex weights 0.3/0.7": {"fusion": "convex", "weights": [0.3, 0.7]},
+}
+
+
+def _world_queries(world: Any) -> dict[str, list[tuple[str, set[str]]]]:
+    return {"lookups": [(q, {t.lower()}) for q, t in lookups(world.passages)],
+            "questions": [(q["question"], {t.lower() for t in q["gold_titles"]}) for q in world.questions]}  # fmt: skip
+
+
+def _hits(retriever: Any, items: list[tuple[str, set[str]]]) -> list[dict[int, float]]:
+    """Per query, the share of its gold passages in the top k, for each k."""
+    results = retriever.retrieve_many([q for q, _ in items], max(KS))
+    out = []
+    for (_, gold), passages in zip(items, results, strict=True):
+        titles = [p.title.lower() for p in passages]
+        out.append({k: len(gold & set(titles[:k])) / len(gold) for k in KS})
+    return out
+
+
+def _ties_at_cut(bm25: Any, items: list[tuple[str, set[str]]]) -> dict[int, int]:
+    """How many queries have BM25's k-th and (k+1)-th passages scored equally (so corpus order picks the k-th)."""
+    results = bm25.retrieve_many([q for q, _ in items], max(KS) + 1)
+    return {k: sum(len(r) > k and round(r[k - 1].score, 6) == round(r[k].score, 6) for r in results) for k in KS}
+
+
+def _hits_ties_shuffled(bm25: Any, items: list[tuple[str, set[str]]]) -> list[dict[int, float]]:
+    """BM25's expected hits if passages it scores equally came in random order, not corpus order."""
+    results = bm25.retrieve_many([q for q, _ in items], len(bm25.passages))
+    out = []
+    for (_, gold), passages in zip(items, results, strict=True):
+        scores = {p.title.lower(): round(p.score, 6) for p in passages}
+        row = {}
+        for k in KS:
+            found = 0.0
+            for title in gold & set(scores):
+                above = sum(s > scores[title] for s in scores.values())
+                tied = sum(s == scores[title] for s in scores.values())
+                found += max(0, min(tied, k - above)) / tied
+            row[k] = found / len(gold)
+        out.append(row)
+    return out
+
+
+def _paired_ci(a: list[float], b: list[float], seed: int = 0, rounds: int = 2000) -> tuple[float, float, float]:
+    """Mean of a - b and a 95% bootstrap interval over queries (paired)."""
+    import random
+
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(rounds))
+    return sum(diffs) / len(diffs), means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1]
+
+
+def quality() -> dict[str, Any]:
+    """recall@k for single-hop lookups (gold: one passage) and whole two-hop questions (gold: both passages).
+
+    The hybrid's setting is chosen on the dev worlds (best mean recall over both query sets
+    and every k) and then reported, with the others, on the test worlds.
+    """
     from world import make_world
 
     import oobleck as ob
 
     sets = ("lookups", "questions")
-    found = {s: {name: dict.fromkeys(KS, 0.0) for name in ("bm25", "dense", "hybrid")} for s in sets}
-    totals = dict.fromkeys(sets, 0)
-    for seed in seeds:
-        world = make_world(seed)
-        bm25 = ob.retrieval.BM25(world.passages, progress=False)
-        dense = ob.retrieval.Dense(world.passages, progress=False)
-        systems = {"bm25": bm25, "dense": dense, "hybrid": ob.retrieval.Hybrid([bm25, dense])}
-        queries = {"lookups": [(q, {t.lower()}) for q, t in lookups(world.passages)],
-                   "questions": [(q["question"], {t.lower() for t in q["gold_titles"]}) for q in world.questions]}  # fmt: skip
-        for name, retriever in systems.items():
-            for kind, items in queries.items():
-                results = retriever.retrieve_many([q for q, _ in items], max(KS))
-                for (_, gold), passages in zip(items, results, strict=True):
-                    titles = [p.title.lower() for p in passages]
-                    for k in KS:
-                        found[kind][name][k] += len(gold & set(titles[:k])) / len(gold)
-        for kind, items in queries.items():
-            totals[kind] += len(items)
-    recall = {kind: {name: {k: v / totals[kind] for k, v in by_k.items()} for name, by_k in found[kind].items()} for kind in sets}
-    met = {kind: all(recall[kind]["hybrid"][k] >= max(recall[kind]["bm25"][k], recall[kind]["dense"][k]) - 1e-9 for k in KS) for kind in sets}
-    return {"queries": totals, "recall": recall, "hybrid_at_least_best": met}
+    hits: dict[str, dict[str, dict[str, list[dict[int, float]]]]] = {"dev": {}, "test": {}}
+    ties = {kind: dict.fromkeys(KS, 0) for kind in sets}
+    for split, seeds in (("dev", DEV_SEEDS), ("test", TEST_SEEDS)):
+        for seed in seeds:
+            world = make_world(seed)
+            bm25 = ob.retrieval.BM25(world.passages, progress=False)
+            dense = ob.retrieval.Dense(world.passages, progress=False)
+            systems = {"bm25": bm25, "dense": dense}
+            systems.update({f"hybrid: {name}": ob.retrieval.Hybrid([bm25, dense], **settings) for name, settings in CANDIDATES.items()})
+            for kind, items in _world_queries(world).items():
+                for name, retriever in systems.items():
+                    hits[split].setdefault(kind, {}).setdefault(name, []).extend(_hits(retriever, items))
+                if split == "test":
+                    hits[split][kind].setdefault("bm25, ties in random order (expected)", []).extend(_hits_ties_shuffled(bm25, items))
+                    for k, n in _ties_at_cut(bm25, items).items():
+                        ties[kind][k] += n
+
+    def mean(rows: list[dict[int, float]], k: int) -> float:
+        return sum(r[k] for r in rows) / len(rows)
+
+    recall = {split: {kind: {name: {k: mean(rows, k) for k in KS} for name, rows in by_name.items()} for kind, by_name in by_kind.items()}
+              for split, by_kind in hits.items()}  # fmt: skip
+    names = [f"hybrid: {n}" for n in CANDIDATES]
+    dev_score = {n: sum(recall["dev"][kind][n][k] for kind in sets for k in KS) / (len(sets) * len(KS)) for n in names}
+    chosen = max(names, key=lambda n: dev_score[n])
+    test = recall["test"]
+    met = {kind: all(test[kind][chosen][k] >= max(test[kind]["bm25"][k], test[kind]["dense"][k]) - 1e-9 for k in KS) for kind in sets}
+    differences = {kind: {k: _paired_ci([r[k] for r in hits["test"][kind][chosen]], [r[k] for r in hits["test"][kind]["bm25"]]) for k in KS}
+                   for kind in sets}  # fmt: skip
+    queries = {split: {kind: len(hits[split][kind]["bm25"]) for kind in sets} for split in hits}
+    return {"dev_seeds": DEV_SEEDS, "test_seeds": TEST_SEEDS, "queries": queries, "candidates": CANDIDATES, "dev_score": dev_score,
+            "chosen": chosen, "recall": recall, "hybrid_at_least_best": met, "chosen_minus_bm25": differences,
+            "bm25_ties_at_cut": ties}  # fmt: skip
 
 
 # -- main ---------------------------------------------------------------------------------------------
@@ -284,6 +372,7 @@ def main() -> None:
     parser.add_argument("--minilm-queries", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=2, help="runs per system, alternating systems; the best of each column is shown")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="only the quality tables (the speed part takes minutes)")
     parser.add_argument("--worker")
     parser.add_argument("--data")
     parser.add_argument("--limit", type=int)
@@ -299,18 +388,35 @@ def main() -> None:
     if not args.skip_quality:
         q = quality()
         payload["quality"] = q
-        titles = {"lookups": f"single-hop lookups ({q['queries']['lookups']}, 1 gold passage each)",
-                  "questions": f"whole two-hop questions ({q['queries']['questions']}, 2 gold passages each)"}  # fmt: skip
+        chosen = q["chosen"]
+        selection = Table(title=f"choosing the hybrid's settings on the dev worlds {q['dev_seeds']} (mean recall over both query sets, k = 2, 5, 10)")
+        selection.add_column("hybrid setting")
+        selection.add_column("dev mean recall", justify="right")
+        for name, score in sorted(q["dev_score"].items(), key=lambda item: -item[1]):
+            selection.add_row(name + (" (chosen)" if name == chosen else ""), f"{score:.4f}")
+        console.print(selection)
+        test = q["queries"]["test"]
+        titles = {"lookups": f"single-hop lookups ({test['lookups']}, 1 gold passage each)",
+                  "questions": f"whole two-hop questions queried once ({test['questions']}, 2 gold passages each)"}  # fmt: skip
         for kind, title in titles.items():
-            table = Table(title=f"recall@k on the multi-hop example corpus: {title}")
+            table = Table(title=f"recall@k on the held-out worlds {q['test_seeds']}: {title}")
             table.add_column("retriever")
             for k in KS:
                 table.add_column(f"recall@{k}", justify="right")
-            for name, by_k in q["recall"][kind].items():
-                table.add_row(name, *(f"{by_k[k]:.3f}" for k in KS))
+            for name, by_k in q["recall"]["test"][kind].items():
+                if name in ("bm25", "bm25, ties in random order (expected)", "dense", "hybrid: rrf k=60 (former default)", chosen):
+                    table.add_row(name + (" (chosen on dev)" if name == chosen else ""), *(f"{by_k[k]:.3f}" for k in KS))
             console.print(table)
+            gaps = ", ".join(f"k={k}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for k, (d, lo, hi) in q["chosen_minus_bm25"][kind].items())
+            console.print(f"chosen hybrid minus BM25 (95% paired bootstrap interval): {gaps}")
             console.print(f"hybrid >= the better of BM25 and dense at every k: {'yes' if q['hybrid_at_least_best'][kind] else 'NO'}")
+            ties = ", ".join(f"k={k}: {n}" for k, n in q["bm25_ties_at_cut"][kind].items())
+            console.print(f"queries whose BM25 k-th and (k+1)-th scores tie (corpus order picks): {ties}")
 
+    if args.skip_speed:
+        path = write_result("retrieval_quality", payload)
+        console.print(f"wrote {path}")
+        return
     try:
         import faiss  # noqa: F401
 

@@ -16,7 +16,7 @@ import oobleck as ob
 from oobleck.evaluate import metrics
 from oobleck.lm.embedder import Embedder
 from oobleck.retrieval import BM25, ColBERTv2, Dense, FunctionRetriever, Hybrid, Passage, load_corpus, load_index
-from oobleck.retrieval.ranking import reciprocal_rank_fusion, top_k
+from oobleck.retrieval.ranking import convex_fusion, reciprocal_rank_fusion, top_k
 
 CORPUS = [
     {"id": "paris", "title": "Paris", "text": "Paris is the capital of France and sits on the Seine."},
@@ -66,6 +66,36 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
     fused = reciprocal_rank_fusion([a, b], 3, rrf_k=60)
     assert [p.id for p in fused] == ["y", "x", "w"]  # y: 1/62 + 1/61 beats x: 1/61 + 1/63
     assert fused[0].score == pytest.approx(1 / 62 + 1 / 61)
+
+
+def _scored(*pairs: tuple[str, float | None]) -> list[Passage]:
+    return [Passage(pid, id=pid, score=score) for pid, score in pairs]
+
+
+def test_convex_fusion_keeps_a_confident_lead_that_rank_fusion_loses() -> None:
+    # BM25 is sure of x (10 against 1); dense barely prefers y and z over x, and w is far behind.
+    lexical = _scored(("x", 10.0), ("y", 1.0), ("z", 0.9))
+    semantic = _scored(("y", 0.900), ("z", 0.899), ("x", 0.898), ("w", 0.2))
+    assert [p.id for p in reciprocal_rank_fusion([lexical, semantic], 2)] == ["y", "x"]  # ranks 2+1 beat 1+3
+    fused = convex_fusion([lexical, semantic], 4)
+    assert [p.id for p in fused] == ["x", "y", "z", "w"]
+    assert fused[0].score == pytest.approx(0.5 * 1.0 + 0.5 * (0.898 - 0.2) / (0.900 - 0.2))
+    assert fused[-1].score == 0.0  # the bottom of the one list it is in
+    # Weights shift the balance: dense alone decides when BM25 weighs nothing.
+    assert [p.id for p in convex_fusion([lexical, semantic], 2, weights=[0.0, 1.0])] == ["y", "z"]
+
+
+def test_convex_fusion_counts_equal_scores_equally_and_ranks_unscored_lists_by_position() -> None:
+    # BM25 ties b, c and d (corpus order b, c, d); the dense list alone orders them.
+    tied = _scored(("a", 2.0), ("b", 1.0), ("c", 1.0), ("d", 1.0))
+    dense = _scored(("d", 0.9), ("c", 0.5), ("b", 0.1))
+    fused = {p.id: p.score for p in convex_fusion([tied, dense], 4)}
+    assert list(fused) == ["a", "d", "c", "b"]
+    # The tied passages get the same share from BM25 (its lowest score, 0), so only dense separates them.
+    assert (fused["d"], fused["c"], fused["b"]) == pytest.approx((0.5, 0.5 * 0.5, 0.0))
+    unscored = _scored(("q", None), ("r", None), ("s", None))
+    fused = convex_fusion([unscored, _scored(("s", 1.0))], 3)  # positions 1, 2, 3 score 1, 0.5, 0; a lone passage 1
+    assert [(p.id, p.score) for p in fused] == [("q", 0.5), ("s", 0.5), ("r", 0.25)]  # a tie: q ranks first in its list
 
 
 def test_load_corpus_reads_jsonl_json_parquet_and_checks_rows(tmp_path: Path) -> None:
@@ -230,6 +260,33 @@ def test_hybrid_fuses_and_saves_its_parts_inside_its_folder(tmp_path: Path, toy_
     assert isinstance(again, Hybrid) and [type(p).__name__ for p in again.parts] == ["BM25", "Dense"]
     query = "river through France"
     assert [(p.id, p.score) for p in again.retrieve(query, 3)] == [(p.id, p.score) for p in hybrid.retrieve(query, 3)]
+    assert (again.fusion, again.weights, again.depth) == ("convex", [1.0, 1.0], None)
+
+
+def test_hybrid_fusion_settings_save_and_load_and_older_indexes_load_as_rank_fusion(tmp_path: Path, toy_embedder: Embedder) -> None:
+    bm25 = BM25(CORPUS, progress=False)
+    dense = Dense(CORPUS, embedder=toy_embedder, progress=False)
+    rrf = Hybrid([bm25, dense], fusion="rrf", rrf_k=10, weights=[2.0, 1.0], depth=4)
+    folder = rrf.save(tmp_path / "rrf.index")
+    again = load_index(folder)
+    assert (again.fusion, again.rrf_k, again.weights, again.depth) == ("rrf", 10.0, [2.0, 1.0], 4)
+    assert [(p.id, p.score) for p in again.retrieve("capital river", 3)] == [(p.id, p.score) for p in rrf.retrieve("capital river", 3)]
+    convex = Hybrid([bm25, dense], weights=[0.3, 0.7])
+    assert load_index(convex.save(tmp_path / "convex.index")).weights == [0.3, 0.7]
+    # An index saved before "fusion" was a setting was built with rank fusion: it loads as such.
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["config"]["fusion"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert load_index(folder, verify=False).fusion == "rrf"
+    manifest["config"]["fusion"] = "borda"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ob.RetrievalIndexError, match="unknown fusion 'borda'"):
+        load_index(folder, verify=False)
+    with pytest.raises(ob.ConfigurationError, match="fusion must be one of"):
+        Hybrid([bm25, dense], fusion="borda")
+    with pytest.raises(ob.ConfigurationError, match="weights must be >= 0"):
+        Hybrid([bm25, dense], weights=[0.0, 0.0])
 
 
 @pytest.mark.slow

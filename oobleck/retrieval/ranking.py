@@ -1,4 +1,4 @@
-"""Ranking helpers shared by retrievers: deterministic top-k, and reciprocal-rank fusion.
+"""Ranking helpers shared by retrievers: deterministic top-k, and two ways to fuse ranked lists.
 
 Equal scores go to the passage earlier in the corpus, so a query always returns the same
 passages in the same order, whatever numpy's partitioning does.
@@ -14,7 +14,7 @@ from oobleck.retrieval.passage import Passage
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["reciprocal_rank_fusion", "top_k"]
+__all__ = ["convex_fusion", "reciprocal_rank_fusion", "top_k"]
 
 _DECIMALS = 6  # scores equal to this many places are ties: float noise must not reorder passages
 
@@ -54,6 +54,39 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[Passage]], k: int, *, rrf
     for list_index, (ranking, weight) in enumerate(zip(rankings, weights, strict=True)):
         for rank, passage in enumerate(ranking, 1):
             fused[passage.id] = fused.get(passage.id, 0.0) + weight / (rrf_k + rank)
+            best[passage.id] = min(best.get(passage.id, (rank, list_index)), (rank, list_index))
+            first.setdefault(passage.id, passage)
+    order = sorted(fused, key=lambda pid: (-round(fused[pid], 12), best[pid]))
+    return [first[pid].with_score(fused[pid]) for pid in order[:k]]
+
+
+def convex_fusion(rankings: Sequence[Sequence[Passage]], k: int, *, weights: Sequence[float] | None = None) -> list[Passage]:
+    """Fuse ranked lists by a weighted mean of min-max normalised scores (0 where a list lacks the passage).
+
+    Each list's scores are rescaled to [0, 1] (its best passage 1, its last 0; a list whose
+    scores are all equal counts 1 for each), so BM25 and cosine scores become comparable
+    without calibration. Unlike rank fusion this keeps how far apart a list's scores are:
+    a passage far ahead in one list stays ahead, and passages a list scores equally stay
+    equal (its order among them is arbitrary, so it must not count). A list with unscored
+    passages (a function retriever returning texts) is scored by position instead. Ties go to
+    the better best rank, then the earlier list. The fused score (in [0, 1]) is the passage's score.
+    """
+    weights = [1.0] * len(rankings) if weights is None else list(weights)
+    total = sum(weights) or 1.0
+    fused: dict[str, float] = {}
+    best: dict[str, tuple[int, int]] = {}
+    first: dict[str, Passage] = {}
+    for list_index, (ranking, weight) in enumerate(zip(rankings, weights, strict=True)):
+        if not ranking:
+            continue
+        if any(p.score is None for p in ranking):
+            scores = [float(len(ranking) - i) for i in range(len(ranking))]
+        else:
+            scores = [float(p.score) for p in ranking]  # type: ignore[arg-type]
+        low, high = min(scores), max(scores)
+        for rank, (passage, score) in enumerate(zip(ranking, scores, strict=True), 1):
+            normalised = (score - low) / (high - low) if high > low else 1.0
+            fused[passage.id] = fused.get(passage.id, 0.0) + weight * normalised / total
             best[passage.id] = min(best.get(passage.id, (rank, list_index)), (rank, list_index))
             first.setdefault(passage.id, passage)
     order = sorted(fused, key=lambda pid: (-round(fused[pid], 12), best[pid]))
