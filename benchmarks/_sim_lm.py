@@ -189,6 +189,22 @@ def output_fields(system: str) -> list[str]:
     return names
 
 
+def _wrong_rule(text: str, query: Parsed) -> str | None:
+    """The animal a stated wrong rule picks, when the prompt states one and no key phrase."""
+    if KEY.search(text) or not (WRONG_FIRST.search(text) or WRONG_SUBJECT.search(text)):
+        return None
+    return query.order[0] if WRONG_FIRST.search(text) else query.agent
+
+
+def _right_probability(text: str, query: Parsed, worked: list[Parsed]) -> float:
+    """Probability of the right answer when no wrong rule is followed (the rules in the module docstring)."""
+    demos = [w for w in worked if (w.form, w.verb, w.order) != (query.form, query.verb, query.order)]
+    if KEY.search(text):
+        return 0.95 if len(demos) >= 2 else 0.90
+    same_form = any(d.form == query.form for d in demos)
+    return min(0.75, 1 / 3 + 0.1 * min(len(demos), 4) + (0.1 if same_form else 0.0))
+
+
 class SimulatedLM:
     """The responder: ``messages -> completion text`` (see the module docstring for its rules)."""
 
@@ -196,10 +212,14 @@ class SimulatedLM:
         self.seed = seed
         self.kinds: Counter[str] = Counter()
         self._seen: Counter[str] = Counter()
+        # The probability of a right answer behind each answer given since the last reset: their
+        # mean is a program's expected score, free of the draws' noise.
+        self.answer_probabilities: list[float] = []
 
     def reset_counts(self) -> None:
         self.kinds.clear()
         self._seen.clear()
+        self.answer_probabilities = []
 
     def _draw(self, *parts: Any) -> float:
         digest = hashlib.blake2b("\x1f".join(str(p) for p in (self.seed, *parts)).encode(), digest_size=8).digest()
@@ -236,19 +256,17 @@ class SimulatedLM:
     def _answer(self, text: str, last: str, worked: list[Parsed]) -> str:
         queries = parse_sentences(last)
         if not queries:
+            self.answer_probabilities.append(0.0)
             return "unknown"
         query = queries[-1]
-        demos = [w for w in worked if (w.form, w.verb, w.order) != (query.form, query.verb, query.order)]
         u, pick = self._draw("answer", text), self._draw("answer-other", text)
         others = [a for a in query.order if a != query.object]
-        if KEY.search(text):
-            p = 0.95 if len(demos) >= 2 else 0.90
-        elif WRONG_FIRST.search(text) or WRONG_SUBJECT.search(text):
-            rule = query.order[0] if WRONG_FIRST.search(text) else query.agent
+        rule = _wrong_rule(text, query)
+        if rule is not None:
+            self.answer_probabilities.append(0.9 * (rule == query.object) + 0.1 / 3)
             return rule if u < 0.9 else query.order[int(pick * 3)]
-        else:
-            same_form = any(d.form == query.form for d in demos)
-            p = min(0.75, 1 / 3 + 0.1 * min(len(demos), 4) + (0.1 if same_form else 0.0))
+        p = _right_probability(text, query, worked)
+        self.answer_probabilities.append(p)
         return query.object if u < p else others[int(pick * len(others))]
 
     def _insight(self, text: str, worked: list[Parsed], k: int, kind: str) -> bool:

@@ -93,6 +93,34 @@ def test_different_settings_are_not_mixed_in_one_batch(tiny_dir: Path) -> None:
     assert out[9].startswith(out[2])
 
 
+def test_sampled_requests_with_a_rollout_id_are_reproducible_alone_or_batched(tiny_dir: Path) -> None:
+    """What a compile samples (proposals, bootstrap rounds) depends on its rollout ids, not on torch's global state or batching."""
+    prompts = _prompts(8)
+    rollouts = [f"propose-self-0-{i % 4}" for i in range(len(prompts))]  # prompts share rollouts, rollouts share prompts
+    first = ob.LM(f"hf/{tiny_dir}", cache=False, max_batch_size=1)
+    alone = [first(p, max_tokens=12, temperature=1.0, rollout_id=r)[0] for p, r in zip(prompts, rollouts, strict=True)]
+
+    torch.manual_seed(12345)  # a different global state: must not matter
+    torch.rand(7)
+    second = ob.LM(f"hf/{tiny_dir}", cache=False, batch_wait_ms=20)
+    together: list[str | None] = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def call(i: int) -> None:
+        barrier.wait()
+        together[i] = second(prompts[i], max_tokens=12, temperature=1.0, rollout_id=rollouts[i])[0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    # another rollout id on the same prompt is another sample (the tiny random model samples widely at temperature 1)
+    others = {second(prompts[0], max_tokens=12, temperature=1.0, rollout_id=f"other-{k}")[0] for k in range(6)}
+    assert len(others | {alone[0]}) > 1
+
+
 def test_stop_and_n(tiny_dir: Path) -> None:
     lm = ob.LM(f"hf/{tiny_dir}", cache=False)
     prompt = _prompts(1)[0]

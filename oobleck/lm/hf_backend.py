@@ -116,6 +116,22 @@ class HuggingFaceLM(LM):
         self._worker: threading.Thread | None = None
         self.batches_run = 0
 
+    def _prepare(self, messages: Any, overrides: dict[str, Any]) -> tuple[list[Message], dict[str, Any], bool, str | None]:
+        """A sampled request with a rollout id and no seed gets a seed derived from both.
+
+        Sampling otherwise draws from torch's global generator, so a compile's proposals (and
+        the program chosen from them) would change from run to run when nothing is cached,
+        although their rollout ids (which carry the compile's seed) are the same. The seed also
+        makes each such request a batch of its own, so what it samples never depends on which
+        other requests happened to share its batch. The cache key is computed first and stays
+        as it was.
+        """
+        rollout = overrides.get("rollout_id", self.settings.get("rollout_id"))
+        messages, settings, cached, key = super()._prepare(messages, overrides)
+        if rollout is not None and settings.get("seed") is None and float(settings.get("temperature") or 0.0) > 0:
+            settings["seed"] = _sampling_seed(rollout, messages)
+        return messages, settings, cached, key
+
     @staticmethod
     def _declared_adapter(path: str) -> str | None:
         config = Path(path) / "config.json"
@@ -289,14 +305,14 @@ class HuggingFaceLM(LM):
             for key in ("top_p", "top_k"):
                 if settings.get(key) is not None:
                     kwargs[key] = settings[key]
-            if settings.get("seed") is not None:
-                torch.manual_seed(int(settings["seed"]))
         else:
             kwargs["do_sample"] = False
         if settings.get("repetition_penalty") is not None:
             kwargs["repetition_penalty"] = settings["repetition_penalty"]
         device = model.device
         with self._model_lock, torch.inference_mode():
+            if temperature > 0 and settings.get("seed") is not None:  # under the lock: LMs sharing the model sample in turn
+                torch.manual_seed(int(settings["seed"]))
             generated = self._generate_tokens(model, input_ids.to(device), attention.to(device), kwargs).cpu()
         self.batches_run += 1
         copies = n if temperature > 0 else 1
@@ -376,3 +392,11 @@ class HuggingFaceLM(LM):
                     span_logprobs = torch.log_softmax(logits[i, end - span - 1 : end - 1].float(), dim=-1)
                     out.append(float(span_logprobs.gather(1, targets[:, None]).sum()))
         return out
+
+
+def _sampling_seed(rollout: Any, messages: Sequence[Message]) -> int:
+    """A sampling seed from a rollout id and the prompt: the same request samples the same text."""
+    import hashlib
+
+    text = json.dumps([str(rollout), messages], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big") & 0x7FFFFFFF
