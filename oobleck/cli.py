@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from oobleck.errors import ConfigurationError, DataError, OobleckError
 
@@ -34,7 +36,7 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except OobleckError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -154,7 +156,7 @@ def _candidates_table(candidates: list[dict[str, Any]]) -> Table:
     table.add_column("LM calls", justify="right")
     for c in candidates:
         score = c.get("score")
-        table.add_row(str(c.get("source")), "-" if score is None else f"{100 * score:.1f}%", str((c.get("cost") or {}).get("calls", "-")))
+        table.add_row(Text(str(c.get("source"))), "-" if score is None else f"{100 * score:.1f}%", str((c.get("cost") or {}).get("calls", "-")))
     return table
 
 
@@ -164,7 +166,7 @@ def _score_table(rows: list[tuple[str, Any]]) -> Table:
     table.add_column("program")
     table.add_column("score", justify="right")
     for label, result in rows:
-        table.add_row(label, f"{result.percent:.1f}%  ({len(result.results)} examples, {result.errors} errors)")
+        table.add_row(Text(label), f"{result.percent:.1f}%  ({len(result.results)} examples, {result.errors} errors)")
     return table
 
 
@@ -355,7 +357,7 @@ def compile(
         info["heldout"] = gain.to_dict()
     path = compiled.save(out)
     _write_report(opt, compiled, gain, path, spent, budget)
-    console.print(f"saved [bold]{path}[/] (report: {path / 'report.html'})")
+    console.print(f"saved [bold]{escape(str(path))}[/] (report: {escape(str(path / 'report.html'))})")
 
 
 def _run_optimizer(opt: Any, name: str, student: Any, trainset: Any, devset: Any, members: int, seed: int) -> Any:
@@ -453,7 +455,7 @@ def run(
     table.add_column("field")
     table.add_column("value")
     for key, value in outputs.items():
-        table.add_row(key, str(value))
+        table.add_row(Text(key), Text(str(value)))  # LM output may hold "[...]": not markup
     console.print(table)
 
 
@@ -494,33 +496,34 @@ def inspect(
 
     manifest = read_manifest(artifact)
     program = manifest["program"]
-    console.print(f"[bold]{artifact}[/]  {program.get('class', '?')}  (oobleck {manifest.get('oobleck_version')}, saved {manifest.get('created_at')})")
+    console.print(f"[bold]{escape(str(artifact))}[/]  {escape(str(program.get('class', '?')))}  (oobleck {escape(str(manifest.get('oobleck_version')))}, saved {escape(str(manifest.get('created_at')))})")
     for name, state in program["predictors"].items():
         signature = state["signature"]
         fields = ", ".join(f"{f['name']}: {f['type']}" for f in signature["fields"] if f.get("kind") == "input")
         outs = ", ".join(f"{f['name']}: {f['type']}" for f in signature["fields"] if f.get("kind") == "output")
-        console.rule(f"predictor [bold]{name}[/] ({state['kind']})")
-        console.print(f"signature: {fields} -> {outs}", highlight=False)
-        console.print(f"instructions: {signature.get('instructions', '')}", highlight=False)
+        console.rule(f"predictor [bold]{escape(name)}[/] ({escape(str(state['kind']))})")
+        console.print(f"signature: {fields} -> {outs}", markup=False, highlight=False)
+        console.print(f"instructions: {signature.get('instructions', '')}", markup=False, highlight=False)
         if state.get("lm"):
-            console.print(f"lm: {state['lm'].get('model')}  adapter: {state.get('adapter') or 'default'}", highlight=False)
+            console.print(f"lm: {state['lm'].get('model')}  adapter: {state.get('adapter') or 'default'}", markup=False, highlight=False)
         shown = state.get("demos", [])
         console.print(f"demos: {len(shown)}")
         for demo in shown[:demos]:
-            console.print("  " + json.dumps(demo, ensure_ascii=False), highlight=False)
+            console.print("  " + json.dumps(demo, ensure_ascii=False), markup=False, highlight=False)
     provenance = manifest.get("provenance") or {}
     if provenance:
         console.rule("provenance")
         for key in ("optimizer", "seed", "metric", "data", "scores", "usage", "lms", "settings"):
             if key in provenance:
-                console.print(f"{key}: {json.dumps(provenance[key], ensure_ascii=False)}", highlight=False)
+                console.print(f"{key}: {json.dumps(provenance[key], ensure_ascii=False)}", markup=False, highlight=False)
         candidates = provenance.get("candidates") or []
         if len(candidates) > 1:
             console.print(_candidates_table(candidates))
     for name, entry in program.get("retrievers", {}).items():
         config = entry.get("retriever") or {}
         where = config.get("index") or config.get("url") or config.get("name") or "the configured retriever"
-        console.print(f"retriever [bold]{name}[/]: {config.get('kind', 'configured')} k={entry.get('k')} ({where})", highlight=False)
+        described = f"{config.get('kind', 'configured')} k={entry.get('k')} ({where})"
+        console.print(f"retriever [bold]{escape(name)}[/]: {escape(described)}", highlight=False)
     if trace:
         _inspect_trace(artifact, program_ref, lm, input)
 
@@ -550,7 +553,7 @@ def import_dspy(
     from oobleck.interop import import_dspy_json
 
     loaded = import_dspy_json(file, _program(program), out=out)
-    console.print(f"wrote {out} ({len(loaded.named_predictors())} predictors)", highlight=False)
+    console.print(f"wrote {out} ({len(loaded.named_predictors())} predictors)", highlight=False, markup=False)
 
 
 @app.command("export-dspy")
@@ -572,7 +575,7 @@ def export_dspy(
         if reference is None:
             raise ConfigurationError(f"--program {program!r} is not a DSPy module (or a function/class returning one)")
     to_dspy(artifact, out, dspy_program=reference)
-    console.print(f"wrote {out}; load it with dspy_program.load({str(out)!r})", highlight=False)
+    console.print(f"wrote {out}; load it with dspy_program.load({str(out)!r})", highlight=False, markup=False)
 
 @app.command()
 @_friendly
@@ -604,11 +607,11 @@ def serve(
                 model.load()
     sock = bind(host, port)
     url = url_of(sock)
-    console.print(f"serving {len(application.state.registry)} program(s) at {url}  (docs: {url}/docs)", highlight=False, soft_wrap=True)
+    console.print(f"serving {len(application.state.registry)} program(s) at {url}  (docs: {url}/docs)", highlight=False, soft_wrap=True, markup=False)
     for s in application.state.registry:
-        console.print(f"  POST {url}/programs/{s.name}   <- {s.source}", highlight=False, soft_wrap=True)
+        console.print(f"  POST {url}/programs/{s.name}   <- {s.source}", highlight=False, soft_wrap=True, markup=False)
     if models and openai:
-        console.print(f"  OpenAI-compatible: {url}/v1  models: {', '.join(models)}", highlight=False, soft_wrap=True)
+        console.print(f"  OpenAI-compatible: {url}/v1  models: {', '.join(models)}", highlight=False, soft_wrap=True, markup=False)
     sys.stdout.flush()
     if workers == 1:
         run_server(application, sock, log_level=log_level, access_log=access_log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,7 @@ def test_run_evaluate_and_inspect(compiled: Path, workdir: Path) -> None:
     ("args", "message"),
     [
         (["run", "missing.oobleck", "--input", "word=x"], "no artifact at missing.oobleck"),
+        (["run", "gone[serve].oobleck", "--input", "word=x"], "no artifact at gone[serve].oobleck"),  # not read as markup
         (["compile", "program.py:nothing", "--train", "train.jsonl", "--lm", "hf/oobleck-tiny", "--out", "x.oobleck"], "has no 'nothing'"),
         (["compile", "program.py:program", "--train", "nope.csv", "--lm", "hf/oobleck-tiny", "--out", "x.oobleck"], "does not exist"),
         (["compile", "program.py:program", "--train", "train.jsonl", "--lm", "bogus/model", "--out", "x.oobleck"], "unknown LM provider"),
@@ -92,6 +94,21 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(workdir: Path, args:
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
+
+
+def test_inspect_shows_bracketed_text_as_written(compiled: Path, workdir: Path) -> None:
+    """Instructions and demos are user and LM text: "[...]" in them is printed, not read as rich markup."""
+    copy = workdir / "brackets.oobleck"
+    shutil.copytree(compiled, copy)
+    document = json.loads((copy / "program.json").read_text())
+    predictor = document["program"]["predictors"]["self"]
+    predictor["signature"]["instructions"] = "Answer [yes] or [no], in [bold]capitals[/bold]."
+    predictor["demos"][0]["answer"] = "[red]STONE[/]"
+    (copy / "program.json").write_text(json.dumps(document))
+    inspected = oobleck("inspect", str(copy), cwd=workdir)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "Answer [yes] or [no], in [bold]capitals[/bold]." in inspected.stdout
+    assert "[red]STONE[/]" in inspected.stdout
 
 
 def test_bad_artifact_is_a_clear_error(workdir: Path) -> None:

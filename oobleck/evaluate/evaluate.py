@@ -82,6 +82,7 @@ class EvaluationResult:
     def table(self, limit: int = 10) -> Any:
         """A rich table of the first ``limit`` examples: inputs, outputs, score, error."""
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"score {self.percent:.1f}% on {len(self.results)} examples ({self.errors} errors)")
         table.add_column("#", justify="right")
@@ -93,11 +94,11 @@ class EvaluationResult:
             ex = r.example
             inputs = ex.inputs() if ex.input_keys is not None else ex
             predicted = r.error or (", ".join(f"{k}={v!r}" for k, v in r.prediction.items()) if isinstance(r.prediction, Prediction) else repr(r.prediction))
-            table.add_row(
+            table.add_row(  # Text, not str: data and LM outputs may hold "[...]", which rich would read as markup
                 str(i),
-                _short(", ".join(f"{k}={v!r}" for k, v in inputs.items())),
-                _short(", ".join(f"{k}={v!r}" for k, v in ex.labels().items())),
-                _short(predicted),
+                Text(_short(", ".join(f"{k}={v!r}" for k, v in inputs.items()))),
+                Text(_short(", ".join(f"{k}={v!r}" for k, v in ex.labels().items()))),
+                Text(_short(predicted)),
                 f"{r.score:.2f}",
             )
         return table
