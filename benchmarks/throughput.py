@@ -9,8 +9,8 @@ at concurrency 1, 8, 32 and 64.
 * oobleck: ``ob.Evaluate(num_threads=c, display_progress=False)`` with
   ``ob.LM("openai/test", base_url=..., cache=False)`` (the openai SDK underneath, over
   oobleck's keep-alive transport, as for any plain-http server). Its default
-  ``mode="auto"`` runs this program on one event loop (``--oobleck-mode threads`` forces the
-  thread pool); the table reports the mode each run used.
+  ``mode="auto"`` runs this program on threads below 32 in flight and on one event loop from
+  32 (``--oobleck-mode threads|async`` forces either); the table reports the mode each run used.
 * DSPy: ``dspy.Evaluate(num_threads=c, display_progress=False)`` with
   ``dspy.LM("openai/test", api_base=..., api_key="x", cache=False)``.
 

@@ -1,7 +1,8 @@
 """Evaluate's async path: the same results, order, errors and usage as the thread pool.
 
 The async path runs examples with ``await program.acall(...)`` on one event loop (``mode="async"``;
-``mode="auto"`` picks it only for programs that exist only as async code). These tests hold it
+``mode="auto"`` picks it for programs that exist only as async code, and for programs async all
+the way down once 32 or more examples are in flight). These tests hold it
 to the thread path's contract, and check the fallbacks (LMs that block in threads, nested calls).
 """
 
@@ -85,7 +86,7 @@ def outcome(result: ob.EvaluationResult) -> list[tuple[Any, ...]]:
 # -- mode selection --------------------------------------------------------------------------
 
 
-def test_auto_picks_async_only_for_programs_that_exist_only_as_async_code() -> None:
+def test_auto_picks_async_for_async_only_code_and_for_async_all_the_way_down_at_32_in_flight() -> None:
     devset = dataset([0, 2])
 
     class AsyncOnly(ob.Module):
@@ -109,6 +110,16 @@ def test_auto_picks_async_only_for_programs_that_exist_only_as_async_code() -> N
     assert evaluate(devset, **auto)(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "threads"
     assert evaluate(devset, **auto)(ob.Predict("question -> answer", lm=FieldScriptedLM(respond))).mode == "threads"
     assert Evaluate(devset=devset, metric=exact_match).mode == "auto"  # the default
+    # 32 or more in flight: a module whose own aforward and LMs are async runs on the event loop
+    many = dataset(list(range(0, 80, 2)))
+    wide = {"mode": "auto", "num_threads": 32}
+    assert evaluate(many, **wide)(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "async"
+    assert evaluate(many, **wide)(Both()).mode == "async"
+    assert evaluate(many, **wide)(ob.Predict("question -> answer", lm=FieldScriptedLM(respond))).mode == "threads"  # no real async
+    assert evaluate(devset, **wide)(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "threads"  # 2 in flight
+    with ob.context(lm=AsyncScriptedLM()):
+        assert evaluate(many, **wide)(ob.Predict("question -> answer")).mode == "async"  # the configured LM counts
+    assert evaluate(many, **wide)(ob.Predict("question -> answer")).mode == "threads"  # none configured: each example fails as before
     # forced either way, at construction or per call
     assert evaluate(devset, mode="threads")(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "threads"
     assert evaluate(devset, **auto)(ob.Predict("question -> answer", lm=FieldScriptedLM(respond)), mode="async").mode == "async"

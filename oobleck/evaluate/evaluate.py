@@ -135,8 +135,11 @@ class Evaluate:
     ``"threads"`` calls the program from a pool of that many threads; ``"async"`` awaits
     ``program.acall`` for each example on one event loop (in a background thread, so this
     call stays synchronous and works inside a running loop too); ``"auto"`` (the default)
-    uses threads unless the program exists only as async code (an ``async def`` function, a
-    module with ``aforward`` and no ``forward``). Both give the same results, in devset order.
+    takes the event loop for a program that exists only as async code (an ``async def``
+    function, a module with ``aforward`` and no ``forward``) and, with 32 or more examples in
+    flight, for one that is async all the way down (a ``Predict`` on an OpenAI-compatible
+    server, say), where it costs less CPU per request; otherwise threads. Both give the same
+    results, in devset order.
     """
 
     def __init__(self, *, devset: Sequence[Example], metric: Callable[..., Any] | str, num_threads: int = 8,
@@ -158,7 +161,7 @@ class Evaluate:
         metric_fn = get_metric(metric) if metric is not None else self.metric
         threads = num_threads or self.num_threads
         show = self.display_progress if display_progress is None else display_progress
-        chosen = _choose_mode(program, _check_mode(mode or self.mode))
+        chosen = _choose_mode(program, _check_mode(mode or self.mode), min(threads, len(examples)))
         _check_devset(examples)
         started = time.perf_counter()
         run = _Run(examples, metric_fn, self.failure_score, self.max_errors)
@@ -339,24 +342,50 @@ def _check_mode(mode: str) -> Mode:
     return mode  # type: ignore[return-value]
 
 
-def _choose_mode(program: Callable[..., Any], mode: Mode) -> Literal["threads", "async"]:
-    """The path to run ``program`` on: ``mode``, or for ``"auto"`` the one it implements.
+def _choose_mode(program: Callable[..., Any], mode: Mode, in_flight: int) -> Literal["threads", "async"]:
+    """The path to run ``program`` on: ``mode``, or for ``"auto"`` the one that suits it.
 
-    ``auto`` prefers threads whenever the program can be called synchronously: measured with
-    ``benchmarks/throughput.py`` (``Predict`` over the openai SDK, a 50 ms server, 2 cores),
-    the event loop reached 0.94 / 0.90 / 0.89 of the latency limit at 8 / 32 / 64 examples in
-    flight and threads 0.94 / 0.93 / 0.90 (both over oobleck's keep-alive transport). The
-    SDK's async stack does more Python work per request, and each await that yields waits
-    behind the loop's other work, which adds latency.
+    ``auto`` takes the event loop for a program that exists only as async code, and for one
+    that is async all the way down (its own ``aforward`` and LMs with a real async client)
+    once ``_ASYNC_FROM`` or more examples are in flight; otherwise threads. Measured with
+    ``benchmarks/_throughput_worker.py`` (``Predict`` over the openai SDK, a 50 ms server, 2
+    cores, three interleaved runs each): at 64 in flight the event loop reached 0.92-0.94 of
+    the latency limit at 510-560 µs of client CPU per request, threads 0.90-0.91 at 640-700 µs
+    (each thread's turn at the GIL costs a hand-over); at 32 the two were level (0.91-0.93);
+    at 8 threads answered sooner (0.94-0.95 against 0.92), since a loop with few events to
+    serve pays its own wake-ups per request.
     """
     if mode == "auto":
-        mode = "async" if _async_only(program) else "threads"
+        wants_loop = _async_only(program) or (in_flight >= _ASYNC_FROM and _async_all_the_way(program))
+        mode = "async" if wants_loop else "threads"
     if mode == "async" and _loop_thread().is_current():
         # Evaluate called from a program already running on the shared loop: waiting on that
         # loop from itself would deadlock, so this nested evaluation uses threads.
         logger.debug("nested Evaluate on the event loop thread: using threads")
         return "threads"
     return mode
+
+
+_ASYNC_FROM = 32  # examples in flight from which ``auto`` prefers the event loop (see _choose_mode)
+
+
+def _async_all_the_way(program: Callable[..., Any]) -> bool:
+    """A module with its own ``aforward`` whose predictors' LMs all have a real async client.
+
+    An LM without one (an in-process model, a test double) would run each call in a worker
+    thread from the loop, which only adds hand-overs to the thread path; such programs, and
+    any whose LM is not configured yet, stay on threads.
+    """
+    from oobleck.lm.base import BaseLM
+
+    if not isinstance(program, Module) or type(program).aforward is Module.aforward:
+        return False
+    predictors = program.named_predictors()
+    try:
+        lms = [predictor.resolve_lm() for _, predictor in predictors]
+    except OobleckError:
+        return False
+    return bool(lms) and all(type(lm).agenerate is not BaseLM.agenerate for lm in lms)
 
 
 def _async_only(program: Callable[..., Any]) -> bool:
