@@ -336,6 +336,28 @@ def test_chat_through_the_sdk_over_a_chunked_server() -> None:
         assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:8000", "http://h", "https://api.example.com", "http://h/v1", "http://h/v1/", "http://h/v1#frag",
+     "http://h/v1?x=a/", "http://[::1]:8000/v1", "http://user:pw@h:1/x/y/"],
+)  # fmt: skip
+def test_the_endpoint_url_is_the_one_the_sdk_would_build(base_url: str) -> None:
+    import openai
+
+    from oobleck.lm.openai_backend import _endpoint
+
+    client = openai.OpenAI(api_key="k", base_url=base_url)
+    assert str(client._prepare_url(_endpoint(client))) == str(client._prepare_url("/chat/completions"))
+
+
+def test_a_base_url_without_a_path_reaches_chat_completions() -> None:
+    reply = [ok_json(chat_body("[[ ## answer ## ]]\nyes\n\n[[ ## completed ## ]]"))]
+    with scripted([reply]) as server:
+        lm = ob.LM("openai/m", base_url=server.url, retry=NO_RETRY, cache=False)
+        assert lm(messages=user("hi"))[0].startswith("[[ ## answer ## ]]")
+        assert server.requests[0].startswith(b"POST /chat/completions HTTP/1.1\r\n")
+
+
 def test_cookies_a_server_sets_are_kept_and_sent_back() -> None:
     """The SDK clients skip cookie parsing for replies without Set-Cookie, not for those with it."""
     reply = json.loads(json.dumps(chat_body("[[ ## answer ## ]]\nyes\n\n[[ ## completed ## ]]")))

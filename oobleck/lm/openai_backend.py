@@ -223,12 +223,17 @@ class OpenAICompatibleLM(LM):
 
 
 def _endpoint(client: Any) -> str:
-    """The chat completions URL in full, so the SDK need not parse and join it with its base URL per request.
+    """The chat completions URL in full where that is plain, so the SDK need not parse and join it per request.
 
-    The SDK keeps ``base_url`` with a trailing slash and passes an absolute URL through as is,
-    so this is the URL it would have built from ``"/chat/completions"``, at less CPU per call.
+    The SDK appends ``"chat/completions"`` to its base URL's path (kept with a trailing slash)
+    and passes an absolute URL through as is. Where the base URL prints as ending in ``/``
+    with no query or fragment, that sum is this string; otherwise (a bare host, which httpx
+    prints without its ``/``, a query, a fragment) the SDK is left to join it itself.
     """
-    return f"{client.base_url}chat/completions"
+    base = str(client.base_url)
+    if base.endswith("/") and "?" not in base and "#" not in base:
+        return base + "chat/completions"
+    return "/chat/completions"
 
 
 _UNLIMITED = 1 << 30  # per_client for a single client that carries every request
