@@ -2,7 +2,7 @@
 
 The async path runs examples with ``await program.acall(...)`` on one event loop (``mode="async"``;
 ``mode="auto"`` picks it for programs that exist only as async code, and for programs async all
-the way down once 32 or more examples are in flight). These tests hold it
+the way down when ``num_threads`` is 32 or more). These tests hold it
 to the thread path's contract, and check the fallbacks (LMs that block in threads, nested calls).
 """
 
@@ -114,9 +114,44 @@ def test_auto_picks_async_for_async_only_code_and_for_async_all_the_way_down_at_
     many = dataset(list(range(0, 80, 2)))
     wide = {"mode": "auto", "num_threads": 32}
     assert evaluate(many, **wide)(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "async"
-    assert evaluate(many, **wide)(Both()).mode == "async"
+    assert evaluate(many, **wide)(Both()).mode == "threads"  # forward defined below the aforward it inherits
+
+    class Twins(AsyncOnly):
+        def forward(self, question: str) -> Any:
+            return self.step(question=question)
+
+        async def aforward(self, question: str) -> Any:
+            return await self.step.acall(question=question)
+
+    assert evaluate(many, **wide)(Twins()).mode == "async"
     assert evaluate(many, **wide)(ob.Predict("question -> answer", lm=FieldScriptedLM(respond))).mode == "threads"  # no real async
-    assert evaluate(devset, **wide)(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "threads"  # 2 in flight
+    assert evaluate(many, mode="auto", num_threads=8)(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "threads"
+    assert evaluate(devset, **wide)(ob.Predict("question -> answer", lm=AsyncScriptedLM())).mode == "async"  # the setting decides
+
+    class Shouting(ob.Predict):  # overrides forward only: its inherited aforward would skip that
+        def forward(self, **kwargs: Any) -> ob.Prediction:
+            return ob.Prediction(answer=super().forward(**kwargs).answer.upper())
+
+    assert evaluate(many, **wide)(Shouting("question -> answer", lm=AsyncScriptedLM())).mode == "threads"
+
+    class Wrapped(ob.Module):  # an async module around such a predictor
+        def __init__(self) -> None:
+            self.step = Shouting("question -> answer", lm=AsyncScriptedLM())
+
+        def forward(self, question: str) -> Any:
+            return self.step(question=question)
+
+        async def aforward(self, question: str) -> Any:
+            return await self.step.acall(question=question)
+
+    assert evaluate(many, **wide)(Wrapped()).mode == "threads"
+
+    class GenerateOnly(AsyncScriptedLM):  # overrides generate only: the inherited agenerate would skip that
+        def generate(self, messages: list[dict[str, str]], **settings: Any) -> list[Completion]:
+            return super().generate(messages, **settings)
+
+    assert not GenerateOnly().native_async and AsyncScriptedLM().native_async
+    assert evaluate(many, **wide)(ob.Predict("question -> answer", lm=GenerateOnly())).mode == "threads"
     with ob.context(lm=AsyncScriptedLM()):
         assert evaluate(many, **wide)(ob.Predict("question -> answer")).mode == "async"  # the configured LM counts
     assert evaluate(many, **wide)(ob.Predict("question -> answer")).mode == "threads"  # none configured: each example fails as before

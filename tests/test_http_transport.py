@@ -192,6 +192,24 @@ def test_a_users_http_client_is_used_as_given(counted: dict[str, int]) -> None:
     assert lm.describe()["model"] == "openai/test-model" and "http_client" not in json.dumps(lm.describe())
 
 
+def test_a_users_sync_http_client_alone_serves_async_calls_too() -> None:
+    """Its proxies, certificates and headers apply to acall as well: no default async client behind the user's back."""
+    import openai
+
+    seen: list[str] = []
+    http = openai.DefaultHttpxClient(event_hooks={"request": [lambda request: seen.append(request.headers.get("x-corp", ""))]},
+                                     headers={"x-corp": "token"})  # fmt: skip
+    with OpenAITestServer() as server:
+        lm = make_lm(server, http_client=http)
+        assert not lm.native_async and make_lm(server).native_async
+        assert asyncio.run(lm.acall(user("async"))) == ["async"]
+        program = ob.Predict("question -> answer", lm=lm)
+        devset = [ob.Example(question=f"q{i}", answer="").with_inputs("question") for i in range(40)]
+        result = ob.Evaluate(devset=devset, metric=lambda e, p, t=None: 1.0, num_threads=32, display_progress=False)(program)
+    assert result.mode == "threads" and result.errors == 0
+    assert seen == ["token"] * 41
+
+
 # -- faults through the SDK: translated as before ----------------------------------------------
 
 

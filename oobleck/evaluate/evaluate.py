@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from oobleck._twins import async_twin_is_current
 from oobleck.errors import BudgetExceeded, ConfigurationError, DataError, MetricError, OobleckError
 from oobleck.evaluate.metrics import get_metric
 from oobleck.example import Example, Prediction
@@ -161,7 +162,7 @@ class Evaluate:
         metric_fn = get_metric(metric) if metric is not None else self.metric
         threads = num_threads or self.num_threads
         show = self.display_progress if display_progress is None else display_progress
-        chosen = _choose_mode(program, _check_mode(mode or self.mode), min(threads, len(examples)))
+        chosen = _choose_mode(program, _check_mode(mode or self.mode), threads)
         _check_devset(examples)
         started = time.perf_counter()
         run = _Run(examples, metric_fn, self.failure_score, self.max_errors)
@@ -342,12 +343,14 @@ def _check_mode(mode: str) -> Mode:
     return mode  # type: ignore[return-value]
 
 
-def _choose_mode(program: Callable[..., Any], mode: Mode, in_flight: int) -> Literal["threads", "async"]:
+def _choose_mode(program: Callable[..., Any], mode: Mode, num_threads: int) -> Literal["threads", "async"]:
     """The path to run ``program`` on: ``mode``, or for ``"auto"`` the one that suits it.
 
     ``auto`` takes the event loop for a program that exists only as async code, and for one
     that is async all the way down (its own ``aforward`` and LMs with a real async client)
-    once ``_ASYNC_FROM`` or more examples are in flight; otherwise threads. Measured with
+    once ``num_threads`` (the examples allowed in flight) is ``_ASYNC_FROM`` or more; otherwise
+    threads. The setting decides, not the devset's size, so one compile's evaluations (small
+    minibatches, full dev sets) all take the same path. Measured with
     ``benchmarks/_throughput_worker.py`` (``Predict`` over the openai SDK, a 50 ms server, 2
     cores, three interleaved runs each): at 64 in flight the event loop reached 0.92-0.94 of
     the latency limit at 510-560 µs of client CPU per request, threads 0.90-0.91 at 640-700 µs
@@ -356,7 +359,7 @@ def _choose_mode(program: Callable[..., Any], mode: Mode, in_flight: int) -> Lit
     serve pays its own wake-ups per request.
     """
     if mode == "auto":
-        wants_loop = _async_only(program) or (in_flight >= _ASYNC_FROM and _async_all_the_way(program))
+        wants_loop = _async_only(program) or (num_threads >= _ASYNC_FROM and _async_all_the_way(program))
         mode = "async" if wants_loop else "threads"
     if mode == "async" and _loop_thread().is_current():
         # Evaluate called from a program already running on the shared loop: waiting on that
@@ -366,26 +369,28 @@ def _choose_mode(program: Callable[..., Any], mode: Mode, in_flight: int) -> Lit
     return mode
 
 
-_ASYNC_FROM = 32  # examples in flight from which ``auto`` prefers the event loop (see _choose_mode)
+_ASYNC_FROM = 32  # num_threads from which ``auto`` prefers the event loop (see _choose_mode)
 
 
 def _async_all_the_way(program: Callable[..., Any]) -> bool:
-    """A module with its own ``aforward`` whose predictors' LMs all have a real async client.
+    """A module whose ``aforward``, and every predictor's, and every predictor's LM, are real async code.
 
-    An LM without one (an in-process model, a test double) would run each call in a worker
-    thread from the loop, which only adds hand-overs to the thread path; such programs, and
-    any whose LM is not configured yet, stay on threads.
+    An LM without a real async client (an in-process model, a test double, a user's sync
+    ``http_client``) would run each call in a worker thread from the loop, which only adds
+    hand-overs to the thread path; an ``aforward`` inherited past a subclass's own
+    ``forward`` would skip that override. Such programs, and any whose LM is not configured
+    yet, stay on threads.
     """
-    from oobleck.lm.base import BaseLM
-
     if not isinstance(program, Module) or type(program).aforward is Module.aforward:
         return False
-    predictors = program.named_predictors()
+    predictors = [predictor for _, predictor in program.named_predictors()]
+    if not predictors or not all(async_twin_is_current(type(m), "aforward", "forward") for m in [program, *predictors]):
+        return False
     try:
-        lms = [predictor.resolve_lm() for _, predictor in predictors]
+        lms = [predictor.resolve_lm() for predictor in predictors]
     except OobleckError:
         return False
-    return bool(lms) and all(type(lm).agenerate is not BaseLM.agenerate for lm in lms)
+    return all(lm.native_async for lm in lms)
 
 
 def _async_only(program: Callable[..., Any]) -> bool:

@@ -110,6 +110,17 @@ class BaseLM(ABC):
 
         return await asyncio.to_thread(self.generate, messages, **settings)
 
+    @property
+    def native_async(self) -> bool:
+        """Whether ``agenerate`` is real async code for this LM, not ``generate`` in a worker thread.
+
+        False for the default ``agenerate``, and for one inherited from a parent class when a
+        subclass overrides ``generate`` alone (it would skip that override).
+        """
+        from oobleck._twins import async_twin_is_current
+
+        return type(self).agenerate is not BaseLM.agenerate and async_twin_is_current(type(self), "agenerate", "generate")
+
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text``, for estimates (dry runs); ~4 characters a token unless a backend knows better."""
         return (len(text) + 3) // 4

@@ -36,7 +36,9 @@ class OpenAICompatibleLM(LM):
     ``httpx.AsyncClient``) go to the SDK clients as their ``http_client``; by default a plain
     ``http://`` server is reached through ``oobleck.lm.http_transport``, anything else through
     the SDK's own httpx client. A given ``async_http_client`` serves every event loop, so it
-    must not be used across ``asyncio.run`` calls.
+    must not be used across ``asyncio.run`` calls; with an ``http_client`` and no
+    ``async_http_client``, async calls run the sync client in a worker thread, so what it
+    configures (proxies, certificates, headers) applies to them too.
     """
 
     provider = "openai"
@@ -158,9 +160,20 @@ class OpenAICompatibleLM(LM):
             shards.release(index)
         return self._completions(raw)
 
+    @property
+    def native_async(self) -> bool:
+        # A user's sync ``http_client`` alone (proxies, certificates, headers) is honoured on the
+        # async path too, by running ``generate`` in a worker thread.
+        return super().native_async and not self._sync_client_only()
+
+    def _sync_client_only(self) -> bool:
+        return self.http_client is not None and self.async_http_client is None
+
     async def agenerate(self, messages: list[Message], **settings: Any) -> Sequence[Completion]:
         import openai
 
+        if self._sync_client_only():
+            return await asyncio.to_thread(self.generate, messages, **settings)
         body, options = self._request(messages, settings)
         shards = self._async_shards()
         index, client = shards.acquire()
