@@ -441,3 +441,27 @@ def test_openai_backend_spreads_concurrent_requests_over_small_pools(monkeypatch
     shards = list(lm._async_clients.values())
     assert len(shards) == 1 and len(shards[0]._clients) == 16  # 32 in flight, 2 per client
     assert lm._clients is not None and len(lm._clients._clients) == 1  # one call at a time: one client
+
+
+def test_budget_stop_lets_requests_in_flight_finish_and_counts_them() -> None:
+    """As on the thread path: the cap refuses new calls, but calls already sent are awaited and charged."""
+    lm = AsyncScriptedLM(delay=lambda inputs: 0.05)
+    program = ob.Predict("question -> answer", lm=lm)
+    with ob.spending(ob.Budget(max_lm_calls=10)) as spend:
+        with pytest.raises(ob.BudgetExceeded):
+            evaluate(dataset(list(range(0, 80, 2))), num_threads=8)(program)
+    assert spend.calls == 10 == lm.calls  # every counted call was served, none cancelled half-way
+    assert lm.in_flight == 0
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")  # the first call's coroutine, refused by asyncio.run
+def test_a_metric_that_runs_its_own_event_loop_works_on_the_async_path() -> None:
+    async def judge(prediction: ob.Prediction) -> float:
+        await asyncio.sleep(0)
+        return 1.0 if prediction.answer else 0.0
+
+    def metric(example: ob.Example, prediction: ob.Prediction, trace: Any = None) -> float:
+        return asyncio.run(judge(prediction))  # an async LM judge called from sync code
+
+    result = evaluate(dataset(list(range(0, 20, 2))), metric=metric, num_threads=4)(ob.Predict("question -> answer", lm=AsyncScriptedLM()))
+    assert result.mode == "async" and result.errors == 0 and result.score == 1.0

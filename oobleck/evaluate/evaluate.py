@@ -207,13 +207,15 @@ class _Run:
     def failed(self, index: int, exc: Exception) -> ExampleResult:
         return ExampleResult(self.examples[index], None, self.failure_score, f"{type(exc).__name__}: {exc}")
 
-    def scored(self, index: int, prediction: Any) -> ExampleResult:
+    def scored(self, index: int, prediction: Any, *, on_loop: bool = False) -> ExampleResult:
         example = self.examples[index]
         try:
             return ExampleResult(example, prediction, _as_score(self.metric(example, prediction)))
         except MetricError:
             raise
         except Exception as exc:  # noqa: BLE001 - a metric crash on one example is data too
+            if on_loop and _wants_its_own_loop(exc):
+                raise _MetricNeedsThread from exc
             return ExampleResult(example, prediction, self.failure_score, f"metric failed: {type(exc).__name__}: {exc}")
 
     def record(self, index: int, result: ExampleResult) -> None:
@@ -310,31 +312,55 @@ async def _run_async(run: _Run, program: Callable[..., Any], concurrency: int, a
         except Exception as exc:  # noqa: BLE001 - one example's failure is data, not a crash
             result = run.failed(index, exc)
         else:
+            result = None
             if metric_inline:
                 began = time.perf_counter()
-                result = run.scored(index, prediction)
+                try:
+                    result = run.scored(index, prediction, on_loop=True)
+                except _MetricNeedsThread:  # it runs an event loop of its own (asyncio.run): not on this one
+                    metric_inline = False
                 if time.perf_counter() - began > _SLOW_METRIC_S:
                     metric_inline = False
-            else:
+            if result is None:
                 result = await asyncio.to_thread(run.scored, index, prediction)
         run.record(index, result)
         advance(result)
 
     indices = iter(range(len(run.examples)))
+    failure: list[BaseException] = []
 
     async def worker() -> None:
         for index in indices:  # shared by the workers: each example is taken once, in order
             if run.aborted:
                 return
-            await asyncio.create_task(one(index))
+            try:
+                await asyncio.create_task(one(index))
+            except Exception as exc:  # noqa: BLE001 - BudgetExceeded, MetricError: raised again below
+                run.aborted = True
+                failure.append(exc)
+                return
 
     workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(run.examples)))]
     try:
+        # As on the thread path, a failure stops new examples but lets those in flight finish:
+        # their LM requests are already sent, and the budget must count what they spend.
         await asyncio.gather(*workers)
-    finally:  # a MetricError or a cancellation: stop the examples still in flight
+    finally:  # cancelled (Ctrl-C): stop the examples still in flight
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+    if failure:
+        raise failure[0]
+
+
+class _MetricNeedsThread(Exception):
+    """The metric cannot run on the evaluation's event loop thread; run it in a worker thread."""
+
+
+def _wants_its_own_loop(exc: BaseException) -> bool:
+    """asyncio's refusal to start or run a loop inside a running one (a metric calling ``asyncio.run``)."""
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and "loop" in message and "running" in message
 
 
 def _check_mode(mode: str) -> Mode:
