@@ -97,6 +97,8 @@ def test_sampled_requests_with_a_rollout_id_are_reproducible_alone_or_batched(ti
     """What a compile samples (proposals, bootstrap rounds) depends on its rollout ids, not on torch's global state or batching."""
     prompts = _prompts(8)
     rollouts = [f"propose-self-0-{i % 4}" for i in range(len(prompts))]  # prompts share rollouts, rollouts share prompts
+    prompts.append(prompts[0])  # the same request twice at once (a duplicate example, concurrent cache misses)
+    rollouts.append(rollouts[0])
     first = ob.LM(f"hf/{tiny_dir}", cache=False, max_batch_size=1)
     alone = [first(p, max_tokens=12, temperature=1.0, rollout_id=r)[0] for p, r in zip(prompts, rollouts, strict=True)]
 
@@ -115,7 +117,7 @@ def test_sampled_requests_with_a_rollout_id_are_reproducible_alone_or_batched(ti
         t.start()
     for t in threads:
         t.join()
-    assert together == alone
+    assert together == alone and together[-1] == together[0]
     # another rollout id on the same prompt is another sample (the tiny random model samples widely at temperature 1)
     others = {second(prompts[0], max_tokens=12, temperature=1.0, rollout_id=f"other-{k}")[0] for k in range(6)}
     assert len(others | {alone[0]}) > 1

@@ -8,6 +8,7 @@ whose config declares the prompt format (adapter) it was trained on.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -238,6 +239,10 @@ class HuggingFaceLM(LM):
     def _batch_key(settings: dict[str, Any]) -> tuple[Any, ...]:
         stop = settings.get("stop")
         stop_key = tuple(stop) if isinstance(stop, (list, tuple)) else stop
+        if settings.get("seed") is not None and float(settings.get("temperature") or 0.0) > 0:
+            # Seeded sampling is a batch of its own, whatever else (the same request included)
+            # arrives with it: what it samples depends on its seed and prompt alone.
+            return ("seeded", next(_SEEDED))
         return (
             float(settings.get("temperature") or 0.0),
             settings.get("max_tokens", settings.get("max_new_tokens")),
@@ -392,6 +397,9 @@ class HuggingFaceLM(LM):
                     span_logprobs = torch.log_softmax(logits[i, end - span - 1 : end - 1].float(), dim=-1)
                     out.append(float(span_logprobs.gather(1, targets[:, None]).sum()))
         return out
+
+
+_SEEDED = itertools.count()
 
 
 def _sampling_seed(rollout: Any, messages: Sequence[Message]) -> int:
