@@ -644,7 +644,7 @@ def _serve_app(spec: dict[str, Any], *, preload: bool = True) -> Any:
     unused = sorted(n for n in references if n is not None and n not in {s.name for s in served})
     if unused:
         raise ConfigurationError(f"--program names {unused}, which are not among the programs served ({[s.name for s in served]})")
-    return create_app(served, max_threads=spec["threads"], openai_compat=spec["openai"], preload=preload)
+    return create_app(served, max_threads=spec["threads"], openai_compat=spec["openai"], preload=preload, freeze_heap=True)
 
 
 def _serve_worker_app() -> Any:

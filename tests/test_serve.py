@@ -105,15 +105,21 @@ def test_body_that_is_not_json_or_not_an_object_is_422(classify_server: Backgrou
     assert listed.status_code == 422 and listed.json()["error"]["message"].startswith("request body:")
 
 
-def test_start_up_objects_are_frozen_while_serving_and_released_at_shutdown() -> None:
-    """Full collections skip what start-up made while the server runs; nothing stays frozen after it."""
+def test_freeze_heap_freezes_start_up_objects_and_is_off_by_default() -> None:
+    """Full collections skip what start-up made in a serving process; an app in a test or notebook leaves gc alone."""
     import gc
 
     program = ob.Predict("question -> answer", lm=FieldScriptedLM(lambda i: {"answer": "a"}))
+    assert gc.get_freeze_count() == 0
     with BackgroundServer(create_app({"qa": program})) as server:
         assert httpx.post(server.url + "/programs/qa", json={"question": "q"}).status_code == 200
-        assert gc.get_freeze_count() > 0
-    assert gc.get_freeze_count() == 0
+        assert gc.get_freeze_count() == 0
+    try:
+        with BackgroundServer(create_app({"qa": program}, freeze_heap=True)) as server:
+            assert httpx.post(server.url + "/programs/qa", json={"question": "q"}).status_code == 200
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_oversized_body_is_413_without_being_read() -> None:
