@@ -15,13 +15,14 @@ import oobleck as ob
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = str(ROOT / "examples" / "multihop")
+_saved_path = list(sys.path)
 sys.path.insert(0, EXAMPLE)
 try:
     from program import AnswerQuestion, GenerateQuery
     from run import INSTRUCTIONS
     from sim_lm import STUDENT_ID, sim_lm
 finally:  # the example's short module names (program, run, world) must not shadow anything else in the session
-    sys.path.remove(EXAMPLE)
+    sys.path[:] = _saved_path  # run.py puts the folder on sys.path again when imported
     for name in ("program", "run", "sim_lm", "world"):
         sys.modules.pop(name, None)
 

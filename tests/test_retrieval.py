@@ -283,6 +283,15 @@ def test_hybrid_fusion_settings_save_and_load_and_older_indexes_load_as_rank_fus
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ob.RetrievalIndexError, match="unknown fusion 'borda'"):
         load_index(folder, verify=False)
+    manifest["config"].update(fusion="rrf", depth=0)  # 0 once meant the default depth
+    manifest_path.write_text(json.dumps(manifest))
+    assert load_index(folder, verify=False).depth is None
+    manifest["config"]["weights"] = [-1.0, 1.0]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ob.RetrievalIndexError, match="unusable hybrid settings"):
+        load_index(folder, verify=False)
+    with pytest.raises(ob.ConfigurationError, match="depth must be a whole number"):
+        Hybrid([bm25, dense], depth=True)
     with pytest.raises(ob.ConfigurationError, match="fusion must be one of"):
         Hybrid([bm25, dense], fusion="borda")
     with pytest.raises(ob.ConfigurationError, match="weights must be >= 0"):

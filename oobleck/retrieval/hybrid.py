@@ -13,6 +13,7 @@ reported). Indexes saved before ``fusion`` existed load as ``"rrf"``, as they we
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -48,8 +49,8 @@ class Hybrid(IndexedRetriever):
                  weights: Sequence[float] | None = None, depth: int | None = None, progress: bool = True):  # fmt: skip
         if fusion not in FUSIONS:
             raise ConfigurationError(f"Hybrid fusion must be one of {FUSIONS}, not {fusion!r}")
-        if depth is not None and (not isinstance(depth, int) or depth < 1):
-            raise ConfigurationError(f"Hybrid depth must be at least 1, not {depth!r}")
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1):
+            raise ConfigurationError(f"Hybrid depth must be a whole number of passages, at least 1, not {depth!r}")
         if retrievers is None:
             if corpus is None:
                 raise ConfigurationError("Hybrid needs retrievers=[...] or corpus=... to build BM25 and dense over")
@@ -126,7 +127,11 @@ class Hybrid(IndexedRetriever):
         fusion = settings.get("fusion", "rrf")  # saved before convex fusion existed: rank fusion, as built
         if fusion not in FUSIONS:
             raise RetrievalIndexError(f"index {folder} names an unknown fusion {fusion!r}; known: {list(FUSIONS)}")
-        return cls(parts, fusion=fusion, rrf_k=settings.get("rrf_k", 60.0), weights=settings.get("weights"), depth=settings.get("depth"))
+        depth = settings.get("depth") or None  # 0 was once taken to mean the default depth
+        try:
+            return cls(parts, fusion=fusion, rrf_k=settings.get("rrf_k", 60.0), weights=settings.get("weights"), depth=depth)
+        except ConfigurationError as exc:
+            raise RetrievalIndexError(f"index {folder} has unusable hybrid settings: {exc}") from None
 
     def __repr__(self) -> str:
         fusion = f"rrf, rrf_k={self.rrf_k:g}" if self.fusion == "rrf" else "convex"
