@@ -196,7 +196,7 @@ def _head_only(lm: Any, train: list[ob.Example], test: list[ob.Example], steps: 
         parameter.requires_grad = name.startswith("classifier")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     adapter = ob.ChatAdapter()
-    texts = lambda rows: ["\n".join(m["content"] for m in adapter.format(Review, [], {"review": e.review})) for e in rows]  # noqa: E731
+    texts = lambda rows: ["\n".join(m["content"] for m in adapter.format(Review, [], {"review": e.review})) for e in rows]
     labels = ["positive", "negative"]
     model.train()
     train_texts = texts(train)

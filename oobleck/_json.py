@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
         return value
     if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
+        return value if math.isfinite(value) else None  # NaN and infinities have no JSON spelling
     if isinstance(value, enum.Enum):
         return to_jsonable(value.value)
     if hasattr(value, "model_dump"):

@@ -14,7 +14,7 @@ from typing import Any
 from oobleck.errors import DataError
 from oobleck.example import Example
 
-__all__ = ["load_examples", "examples_from_records"]
+__all__ = ["examples_from_records", "load_examples"]
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 

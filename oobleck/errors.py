@@ -7,20 +7,20 @@ say which layer the problem came from. Messages name the problem and where it ha
 from __future__ import annotations
 
 __all__ = [
-    "OobleckError",
-    "SignatureError",
-    "InputError",
-    "ParseError",
-    "ConfigurationError",
-    "LMError",
-    "UnknownLMError",
-    "LMConnectionError",
-    "LMResponseError",
-    "DataError",
-    "MetricError",
     "ArtifactError",
+    "ConfigurationError",
+    "DataError",
+    "InputError",
+    "LMConnectionError",
+    "LMError",
+    "LMResponseError",
+    "MetricError",
+    "OobleckError",
+    "ParseError",
     "RetrievalError",
     "RetrievalIndexError",
+    "SignatureError",
+    "UnknownLMError",
 ]
 
 

@@ -15,7 +15,7 @@ class Example(Mapping[str, Any]):
     metric compares against.
     """
 
-    __slots__ = ("_store", "_input_keys")
+    __slots__ = ("_input_keys", "_store")
 
     def __init__(self, base: Mapping[str, Any] | None = None, **fields: Any):
         store: dict[str, Any] = dict(base) if base is not None else {}
@@ -87,7 +87,7 @@ class Example(Mapping[str, Any]):
         keys = self._input_keys or frozenset()
         return Example({k: v for k, v in self._store.items() if k not in keys})
 
-    def toDict(self) -> dict[str, Any]:  # noqa: N802 - DSPy spelling, kept for migrating users
+    def toDict(self) -> dict[str, Any]:
         return dict(self._store)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from oobleck.errors import ConfigurationError
 
-__all__ = ["configure", "context", "get_setting", "current_settings"]
+__all__ = ["configure", "context", "current_settings", "get_setting"]
 
 _KNOWN = {"lm", "adapter", "lm_settings", "retriever"}
 _lock = threading.Lock()

@@ -11,9 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import oobleck as ob  # noqa: E402
-from oobleck.lm.cache import ResponseCache  # noqa: E402
-from support import InstructionSensitiveLM, doubling_dataset  # noqa: E402
+from support import InstructionSensitiveLM, doubling_dataset
+
+import oobleck as ob
+from oobleck.lm.cache import ResponseCache
 
 
 def main() -> None:

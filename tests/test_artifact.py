@@ -13,8 +13,7 @@ import pydantic
 import pytest
 
 import oobleck as ob
-from oobleck.artifact import FORMAT, SCHEMA_VERSION, read_manifest
-from oobleck.artifact import program_file
+from oobleck.artifact import FORMAT, SCHEMA_VERSION, program_file, read_manifest
 from oobleck.testing import ScriptedLM
 
 

@@ -81,12 +81,11 @@ def test_cache_hits_are_charged_but_not_billed(tmp_path):
 
 def test_nested_scopes_and_refusal_leaves_counts_unchanged():
     lm = ScriptedLM(lambda m, s: "ok")
-    with ob.spending(ob.Budget(max_lm_calls=2)) as outer:
-        with ob.spending() as inner:
+    with ob.spending(ob.Budget(max_lm_calls=2)) as outer, ob.spending() as inner:
+        lm(MESSAGES)
+        lm(MESSAGES)
+        with pytest.raises(ob.BudgetExceeded):
             lm(MESSAGES)
-            lm(MESSAGES)
-            with pytest.raises(ob.BudgetExceeded):
-                lm(MESSAGES)
     assert outer.calls == inner.calls == 2
 
 
@@ -95,9 +94,8 @@ def test_failed_call_is_released():
         raise ValueError("backend bug")
 
     lm = ScriptedLM(boom)
-    with ob.spending(ob.Budget(max_lm_calls=1)) as spend:
-        with pytest.raises(ob.LMError):
-            lm(MESSAGES)
+    with ob.spending(ob.Budget(max_lm_calls=1)) as spend, pytest.raises(ob.LMError):
+        lm(MESSAGES)
     assert spend.calls == 0
 
 
@@ -113,7 +111,6 @@ def test_evaluate_stops_on_budget_instead_of_scoring_failures():
     lm = ScriptedLM(lambda m, s: "[[ ## answer ## ]]\nok\n\n[[ ## completed ## ]]")
     program = ob.Predict("question -> answer", lm=lm)
     dev = [ob.Example(question=str(i), answer="ok").with_inputs("question") for i in range(10)]
-    with ob.spending(ob.Budget(max_lm_calls=4)):
-        with pytest.raises(ob.BudgetExceeded):
-            ob.Evaluate(devset=dev, metric="exact_match", num_threads=1, display_progress=False)(program)
+    with ob.spending(ob.Budget(max_lm_calls=4)), pytest.raises(ob.BudgetExceeded):
+        ob.Evaluate(devset=dev, metric="exact_match", num_threads=1, display_progress=False)(program)
     assert len(lm.calls) == 4

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from support import doubling_dataset as dataset
+from support import doubling_respond as respond
 
 import oobleck as ob
 from oobleck.evaluate import Evaluate, TooManyErrors
 from oobleck.evaluate.metrics import contains, exact_match, f1, get_metric, normalize_text
 from oobleck.testing import FieldScriptedLM
-from support import doubling_dataset as dataset
-from support import doubling_respond as respond
 
 # question -> answer, where the "model" is right on even numbers and wrong on odd ones,
 # and fails outright (an LM error) on questions containing "crash".
@@ -270,7 +270,7 @@ def test_contains(gold: Any, predicted: str, expected: bool) -> None:
 def test_get_metric() -> None:
     assert get_metric("em") is exact_match and get_metric("f1") is f1 and get_metric("contains") is contains
     assert ob.metrics.exact_match is exact_match
-    custom = lambda e, p, t=None: 1.0  # noqa: E731
+    custom = lambda e, p, t=None: 1.0
     assert get_metric(custom) is custom
     with pytest.raises(ob.MetricError, match="unknown metric 'bleu'"):
         get_metric("bleu")

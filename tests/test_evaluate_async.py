@@ -14,14 +14,14 @@ import time
 from typing import Any
 
 import pytest
+from support import doubling_dataset as dataset
+from support import doubling_respond as respond
 
 import oobleck as ob
 from oobleck.evaluate import Evaluate, TooManyErrors
 from oobleck.evaluate.metrics import exact_match
 from oobleck.lm.base import Completion
 from oobleck.testing import FieldScriptedLM
-from support import doubling_dataset as dataset
-from support import doubling_respond as respond
 
 # question -> answer: right on even numbers, wrong on odd ones, an LM error on "crash".
 
@@ -437,7 +437,7 @@ def test_openai_backend_spreads_concurrent_requests_over_small_pools(monkeypatch
             return await asyncio.gather(*(lm.acall([{"role": "user", "content": f"q{i}"}]) for i in range(32)))
 
         assert asyncio.run(many()) == [[f"q{i}"] for i in range(32)]
-        assert lm(([{"role": "user", "content": "sync"}])) == ["sync"]
+        assert lm([{"role": "user", "content": "sync"}]) == ["sync"]
     shards = list(lm._async_clients.values())
     assert len(shards) == 1 and len(shards[0]._clients) == 16  # 32 in flight, 2 per client
     assert lm._clients is not None and len(lm._clients._clients) == 1  # one call at a time: one client
@@ -447,9 +447,8 @@ def test_budget_stop_lets_requests_in_flight_finish_and_counts_them() -> None:
     """As on the thread path: the cap refuses new calls, but calls already sent are awaited and charged."""
     lm = AsyncScriptedLM(delay=lambda inputs: 0.05)
     program = ob.Predict("question -> answer", lm=lm)
-    with ob.spending(ob.Budget(max_lm_calls=10)) as spend:
-        with pytest.raises(ob.BudgetExceeded):
-            evaluate(dataset(list(range(0, 80, 2))), num_threads=8)(program)
+    with ob.spending(ob.Budget(max_lm_calls=10)) as spend, pytest.raises(ob.BudgetExceeded):
+        evaluate(dataset(list(range(0, 80, 2))), num_threads=8)(program)
     assert spend.calls == 10 == lm.calls  # every counted call was served, none cancelled half-way
     assert lm.in_flight == 0
 

@@ -7,11 +7,11 @@ import threading
 from typing import Any
 
 import pytest
+from support import Hop
 
 import oobleck as ob
 from oobleck.modules.trace import tracing_active
 from oobleck.testing import FieldScriptedLM, ScriptedLM
-from support import Hop
 
 
 def upper_lm(**kwargs: Any) -> FieldScriptedLM:
@@ -103,9 +103,8 @@ def test_no_lm_configured() -> None:
 def test_unknown_setting_is_rejected() -> None:
     with pytest.raises(ob.ConfigurationError, match="unknown setting"):
         ob.configure(model="gpt")
-    with pytest.raises(ob.ConfigurationError):
-        with ob.context(temperature=1):
-            pass
+    with pytest.raises(ob.ConfigurationError), ob.context(temperature=1):
+        pass
 
 
 def test_configured_and_context_lm() -> None:

@@ -7,13 +7,13 @@ import threading
 from typing import Any
 
 import pytest
+from support import Hop
 
 import oobleck as ob
 from oobleck.evaluate.metrics import exact_match
 from oobleck.optimizers import BootstrapFewShot, Candidate, LabeledFewShot, RandomSearch
 from oobleck.optimizers.base import check_trainset, data_fingerprint
 from oobleck.testing import FieldScriptedLM, ScriptedLM
-from support import Hop
 
 
 def reply(**fields: Any) -> str:

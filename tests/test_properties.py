@@ -67,8 +67,8 @@ def _extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(
         children.map(lambda t: list[t]),  # type: ignore[valid-type]
         children.map(lambda t: dict[str, t]),  # type: ignore[valid-type]
-        children.map(lambda t: Optional[t]),  # noqa: UP007
-        st.tuples(children, children).map(lambda ts: Union[ts]),  # noqa: UP007
+        children.map(lambda t: Optional[t]),
+        st.tuples(children, children).map(lambda ts: Union[ts]),
     )
 
 

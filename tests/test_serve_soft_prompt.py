@@ -13,10 +13,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.filterwarni
 
 def test_served_model_is_the_soft_prompted_one() -> None:
     import openai
+
     from oobleck.lm.soft_prompt import SoftPromptLM
     from oobleck.optimizers.soft_prompt.methods import MethodSettings
     from oobleck.optimizers.soft_prompt.trainer import SoftPromptTrainer
-
     from oobleck.serve import BackgroundServer, create_app
     from oobleck.tiny.tasks import task_examples
 

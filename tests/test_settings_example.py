@@ -110,9 +110,8 @@ def test_configure_and_context_layering() -> None:
 
 
 def test_context_restores_after_an_exception() -> None:
-    with pytest.raises(RuntimeError):
-        with ob.context(lm="temporary"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), ob.context(lm="temporary"):
+        raise RuntimeError("boom")
     assert get_setting("lm") is None
 
 

@@ -61,7 +61,7 @@ def fields_of(sig: type[ob.Signature]) -> list[tuple[str, str, Any]]:
         ("Literal['yes', 'no']", Literal["yes", "no"]),
         ('Literal["a b", "c"]', Literal["a b", "c"]),
         ("Literal[1, 2, -3]", Literal[1, 2, -3]),
-        ("Literal[True, None, 1.5]", Literal[True, None, 1.5]),
+        ("Literal[True, None, 1.5]", Literal[True, None, 1.5]),  # noqa: PYI061 - the spelling users write
         ("Optional[int]", Optional[int]),
         ("int | None", Optional[int]),
         ("None | int", Union[None, int]),

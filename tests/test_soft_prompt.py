@@ -205,7 +205,7 @@ def _checkpoint_meta(folder) -> dict:
 
 
 def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, tiny: HuggingFaceLM) -> None:
-    first, _ = _train(tiny, "prompt_tuning", {}, steps=4, checkpoint_dir=tmp_path / "ck")
+    _train(tiny, "prompt_tuning", {}, steps=4, checkpoint_dir=tmp_path / "ck")
     assert _checkpoint_meta(tmp_path / "ck")["step"] == 4
     program = ob.Predict(ob.make_signature("word -> answer").with_instructions("Answer the question."), lm=tiny)
     records = build_records(program, tiny, _examples("uppercase", 40, 3), [], [], None)  # other data, same folder

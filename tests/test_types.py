@@ -30,7 +30,7 @@ class Mood(enum.Enum):
     [
         str, int, float, bool, list, dict, Any, type(None),
         list[str], list[list[int]], dict[str, float], dict[str, list[str]],
-        Literal["a", "b"], Literal[1, -2, 3.5, True, None], Literal["it's", 'q"uote', "back\\slash", "new\nline"],
+        Literal["a", "b"], Literal[1, -2, 3.5, True, None], Literal["it's", 'q"uote', "back\\slash", "new\nline"],  # noqa: PYI061
         Optional[int], Optional[list[str]], Union[int, str], Union[int, str, None], Optional[Literal["x"]],
         Literal[1e-05],
     ],

@@ -33,7 +33,7 @@ from oobleck.modules.module import Module
 from oobleck.modules.predict import ChainOfThought, Predict
 from oobleck.signatures.signature import Signature
 
-__all__ = ["save_program", "load_program", "read_manifest", "FORMAT", "SCHEMA_VERSION"]
+__all__ = ["FORMAT", "SCHEMA_VERSION", "load_program", "read_manifest", "save_program"]
 
 FORMAT = "oobleck.program"
 SCHEMA_VERSION = 1

@@ -213,7 +213,7 @@ class _Run:
             return ExampleResult(example, prediction, _as_score(self.metric(example, prediction)))
         except MetricError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a metric crash on one example is data too
+        except Exception as exc:
             if on_loop and _wants_its_own_loop(exc):
                 raise _MetricNeedsThread from exc
             return ExampleResult(example, prediction, self.failure_score, f"metric failed: {type(exc).__name__}: {exc}")

@@ -16,8 +16,18 @@ from typing import Any
 from oobleck.errors import MetricError
 
 __all__ = [
-    "exact_match", "f1", "contains", "normalize_text", "get_metric", "METRICS",
-    "answer_exact_match", "answer_f1", "passage_recall", "recall_at_k", "all_gold_retrieved", "retrieved_passages",
+    "METRICS",
+    "all_gold_retrieved",
+    "answer_exact_match",
+    "answer_f1",
+    "contains",
+    "exact_match",
+    "f1",
+    "get_metric",
+    "normalize_text",
+    "passage_recall",
+    "recall_at_k",
+    "retrieved_passages",
 ]  # fmt: skip
 
 Metric = Callable[..., Any]

@@ -39,7 +39,6 @@ def _backend(model: str) -> type[LM]:
 class LM(BaseLM):
     """Construct with an id such as ``"openai/gpt-4o-mini"`` or ``"hf/oobleck-tiny"``."""
 
-    def __new__(cls, model: str, *args: Any, **kwargs: Any) -> LM:
-        if cls is LM:
-            cls = _backend(model)
-        return super().__new__(cls)
+    def __new__(cls, model: str, *args: Any, **kwargs: Any) -> LM:  # noqa: PYI034 - ``LM(...)`` returns a backend subclass
+        backend = _backend(model) if cls is LM else cls
+        return super().__new__(backend)

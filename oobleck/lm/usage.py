@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["Usage", "track_usage", "record_usage"]
+__all__ = ["Usage", "record_usage", "track_usage"]
 
 
 @dataclass

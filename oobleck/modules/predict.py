@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from oobleck.lm.soft_prompt import SoftPromptState
     from oobleck.modules.knn import DemoSelector
 
-__all__ = ["Predict", "ChainOfThought"]
+__all__ = ["ChainOfThought", "Predict"]
 
 _CALL_OPTIONS = {"demos", "config", "lm"}
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from oobleck.modules.predict import Predict
     from oobleck.modules.retrieve import Retrieve
 
-__all__ = ["TraceEntry", "trace", "record", "tracing_active"]
+__all__ = ["TraceEntry", "record", "trace", "tracing_active"]
 
 
 @dataclass(frozen=True)

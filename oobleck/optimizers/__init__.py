@@ -7,14 +7,14 @@ from oobleck.optimizers.base import Candidate, Optimizer
 from oobleck.optimizers.bayesian import Bayesian
 from oobleck.optimizers.bootstrap import BootstrapFewShot, LabeledFewShot
 from oobleck.optimizers.copro import COPRO
-from oobleck.optimizers.fallback import WithFallback
 from oobleck.optimizers.ensemble import Ensemble, EnsembleProgram, majority_vote
+from oobleck.optimizers.fallback import WithFallback
 from oobleck.optimizers.knn import KNNFewShot
 from oobleck.optimizers.proposer import InstructionProposer
 from oobleck.optimizers.random_search import RandomSearch
 from oobleck.optimizers.reflective import Reflective
 
-__all__ = ["SoftPrompt", "train_multitask_source", "COPRO", "Bayesian", "BootstrapFewShot", "Candidate", "Ensemble", "EnsembleProgram", "InstructionProposer", "KNNFewShot", "LabeledFewShot", "Optimizer", "RandomSearch", "Reflective", "WithFallback", "auto", "majority_vote"]
+__all__ = ["COPRO", "Bayesian", "BootstrapFewShot", "Candidate", "Ensemble", "EnsembleProgram", "InstructionProposer", "KNNFewShot", "LabeledFewShot", "Optimizer", "RandomSearch", "Reflective", "SoftPrompt", "WithFallback", "auto", "majority_vote", "train_multitask_source"]
 
 
 

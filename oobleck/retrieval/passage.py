@@ -20,7 +20,7 @@ class Passage(str):
     title: str
     score: float | None
 
-    def __new__(cls, text: str, *, id: str = "", title: str = "", score: float | None = None) -> Passage:
+    def __new__(cls, text: str, *, id: str = "", title: str = "", score: float | None = None) -> Passage:  # noqa: PYI034
         self = super().__new__(cls, text)
         self.id = str(id)
         self.title = str(title or "")
@@ -63,7 +63,7 @@ def as_passage(value: Any, *, default_id: str = "", score: float | None = None) 
     if isinstance(value, Mapping):
         text = value.get("text", value.get("long_text"))
         if not isinstance(text, str):
-            raise ValueError(f"a passage mapping needs a 'text' string; it has keys {sorted(map(str, value))}")
+            raise ValueError(f"a passage mapping needs a 'text' string; it has keys {sorted(map(str, value))}")  # noqa: TRY004 - callers turn ValueError into their own errors
         pid = value.get("id", value.get("pid", default_id))
         own_score = value.get("score")
         if score is None and isinstance(own_score, (int, float)) and not isinstance(own_score, bool):

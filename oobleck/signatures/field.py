@@ -18,12 +18,12 @@ class FieldSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def InputField(desc: str = "", *, prefix: str | None = None, **extra: Any) -> Any:  # noqa: N802
+def InputField(desc: str = "", *, prefix: str | None = None, **extra: Any) -> Any:
     """Declare an input field; ``desc`` is shown to the LM."""
     return FieldSpec("input", desc, prefix, extra)
 
 
-def OutputField(desc: str = "", *, prefix: str | None = None, **extra: Any) -> Any:  # noqa: N802
+def OutputField(desc: str = "", *, prefix: str | None = None, **extra: Any) -> Any:
     """Declare an output field; the LM's answer is coerced to the annotated type."""
     return FieldSpec("output", desc, prefix, extra)
 

@@ -20,7 +20,7 @@ from oobleck.signatures.field import Field, FieldSpec
 from oobleck.signatures.parse import parse_signature_string
 from oobleck.signatures.types import choices_of, is_pydantic_model, parse_type, type_to_str
 
-__all__ = ["Signature", "make_signature", "ensure_signature", "default_instructions"]
+__all__ = ["Signature", "default_instructions", "ensure_signature", "make_signature"]
 
 
 def default_instructions(inputs: list[str], outputs: list[str]) -> str:
@@ -74,11 +74,11 @@ class SignatureMeta(type):
         return cls
 
     @staticmethod
-    def _collect(cls: type, namespace: dict[str, Any], specs: dict[str, FieldSpec], caller: dict[str, Any]) -> dict[str, Field]:
+    def _collect(cls: type, namespace: dict[str, Any], specs: dict[str, FieldSpec], caller: dict[str, Any]) -> dict[str, Field]:  # noqa: PLW0211 - the class being built
         own_annotations: dict[str, Any] = namespace.get("__annotations__", {})
         try:
             hints = typing.get_type_hints(cls, localns={**caller, **vars(cls)}) if own_annotations else {}
-        except Exception:  # unresolvable forward refs: fall back to our own safe parser below
+        except Exception:  # noqa: BLE001 - unresolvable forward refs (any error): fall back to our own safe parser below
             hints = {}
         fields: dict[str, Field] = {}
         order = list(own_annotations) + [k for k in specs if k not in own_annotations]
@@ -103,7 +103,7 @@ class SignatureMeta(type):
         return fields
 
     @staticmethod
-    def _validate(cls: SignatureMeta) -> None:
+    def _validate(cls: SignatureMeta) -> None:  # noqa: PLW0211 - the class being built
         if cls.__name__ == "Signature" and not cls._fields:
             return
         for name in cls._fields:

@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from oobleck.errors import ParseError, SignatureError
 
-__all__ = ["parse_type", "type_to_str", "coerce", "is_pydantic_model", "choices_of"]
+__all__ = ["choices_of", "coerce", "is_pydantic_model", "parse_type", "type_to_str"]
 
 _SIMPLE: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool, "Any": Any}
 _GENERIC = {"list", "dict", "Optional", "Literal", "List", "Dict", "Union"}
@@ -106,7 +106,7 @@ class _TypeParser:
             members.append(self.atom())
         if len(members) == 1:
             return members[0]
-        return Union[tuple(members)]  # noqa: UP007 - runtime construction
+        return Union[tuple(members)]
 
     def atom(self) -> Any:
         kind, value, start = self.next()
@@ -152,8 +152,8 @@ class _TypeParser:
         if value == "Optional":
             if len(params) != 1:
                 raise self.error("Optional takes one parameter", start)
-            return Optional[params[0]]  # noqa: UP007
-        return Union[tuple(params)]  # noqa: UP007
+            return Optional[params[0]]
+        return Union[tuple(params)]
 
     def literal_value(self) -> Any:
         kind, value, start = self.next()
@@ -351,7 +351,7 @@ def _coerce(value: Any, tp: Any) -> Any:
         data = value if isinstance(value, dict) else _loads(str(value), f"a {tp.__name__} object")
         try:
             return tp.model_validate(data)
-        except Exception as exc:  # pydantic.ValidationError, without importing pydantic here
+        except Exception as exc:  # noqa: BLE001 - pydantic.ValidationError, without importing pydantic here
             raise ValueError(f"does not match {tp.__name__}: {exc}") from None
     if isinstance(tp, type) and isinstance(value, tp):
         return value

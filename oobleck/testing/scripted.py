@@ -13,7 +13,7 @@ from typing import Any
 
 from oobleck.lm.base import BaseLM, Completion
 
-__all__ = ["ScriptedLM", "FieldScriptedLM"]
+__all__ = ["FieldScriptedLM", "ScriptedLM"]
 
 
 class ScriptedLM(BaseLM):

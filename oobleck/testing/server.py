@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["OpenAITestServer", "Responder", "default_responder", "FAULTS"]
+__all__ = ["FAULTS", "OpenAITestServer", "Responder", "default_responder"]
 
 logger = logging.getLogger("oobleck.testing.server")
 
@@ -55,7 +55,7 @@ def _fault(kind: Any) -> int | str | None:
     if kind is None or kind == "ok":
         return None
     if isinstance(kind, bool):
-        raise ValueError(f"unknown fault {kind!r}")
+        raise ValueError(f"unknown fault {kind!r}")  # noqa: TRY004 - one error type for every bad fault spec
     if isinstance(kind, int) or (isinstance(kind, str) and kind.isdigit()):
         status = int(kind)
         if not 400 <= status <= 599:
@@ -83,7 +83,7 @@ def _text(content: Any) -> str:
 
 _MARKER = re.compile(r"\[\[ ## (\w+) ## \]\]\n?")
 _FIELD_LINE = re.compile(r"^\d+\. `(\w+)` \(")
-_CHOICES = re.compile(r"^- [`\"](\w+)[`\"]: exactly one of: (.*)$", re.M)  # ChatAdapter and JSONAdapter hints
+_CHOICES = re.compile(r"^- [`\"](\w+)[`\"]: exactly one of: (.*)$", re.MULTILINE)  # ChatAdapter and JSONAdapter hints
 
 
 def _section(text: str, title: str) -> str:
@@ -184,7 +184,7 @@ def default_responder(messages: list[dict[str, Any]]) -> str:
 
 
 class _Request:
-    __slots__ = ("method", "path", "headers", "body", "keep_alive")
+    __slots__ = ("body", "headers", "keep_alive", "method", "path")
 
     def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes, keep_alive: bool):
         self.method, self.path, self.headers, self.body, self.keep_alive = method, path, headers, body, keep_alive
@@ -405,10 +405,10 @@ class OpenAITestServer:
             logger.warning("test server thread did not stop within 10 s")
         self._thread = None
 
-    def __enter__(self) -> OpenAITestServer:
+    def __enter__(self) -> OpenAITestServer:  # noqa: PYI034
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def serve_forever(self, on_ready: Callable[[str], None] | None = None) -> None:
@@ -550,7 +550,7 @@ class OpenAITestServer:
             return 400, _error_body(400, f"'n' must be an integer in [1, 128], not {n!r}"), none
         try:
             texts = [self.responder(messages) for _ in range(n)]
-        except Exception as exc:  # noqa: BLE001 - a broken responder is reported like a server bug
+        except Exception as exc:
             logger.exception("test server responder failed")
             return 500, _error_body(500, f"responder failed: {type(exc).__name__}: {exc}"), none
         if not all(isinstance(t, str) for t in texts):

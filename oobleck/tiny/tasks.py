@@ -21,7 +21,7 @@ from oobleck.optimizers.induction import examples_line, induction_signature
 from oobleck.signatures.field import InputField, OutputField
 from oobleck.signatures.signature import Signature, default_instructions, make_signature
 
-__all__ = ["TASKS", "VAGUE", "Task", "Sample", "make_sample", "random_word", "render_prompt", "task_examples"]
+__all__ = ["TASKS", "VAGUE", "Sample", "Task", "make_sample", "random_word", "render_prompt", "task_examples"]
 
 VAGUE = ["Answer the question.", "Complete the task.", "Respond to the input.", "Produce the output."]
 """Vague instructions; the signature's default line ('Given the fields ...') is a fifth."""
@@ -40,8 +40,7 @@ _LABEL_PAIRS = [("positive", "negative"), ("good", "bad"), ("yes", "no"), ("happ
 _REMAP_WORDS = ["blue", "red", "cat", "dog", "up", "down", "alpha", "beta", "sun", "moon", "left", "right", "hot", "cold", "one", "two", "tea", "milk"]
 _ALT_INPUTS = ["text", "input", "question", "query", "item", "string"]
 _ALT_OUTPUTS = ["output", "answer", "result", "response", "label"]
-_COMMON = ("apple stone river house green light paper table water music dream tiger cloud bread smile chair "
-           "plant horse money night train sugar phone beach glass heart ocean pilot lemon robot storm").split()  # fmt: skip
+_COMMON = ["apple", "stone", "river", "house", "green", "light", "paper", "table", "water", "music", "dream", "tiger", "cloud", "bread", "smile", "chair", "plant", "horse", "money", "night", "train", "sugar", "phone", "beach", "glass", "heart", "ocean", "pilot", "lemon", "robot", "storm"]  # fmt: skip
 
 
 def random_word(rng: random.Random) -> str:

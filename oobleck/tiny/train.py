@@ -382,13 +382,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.eval_only:
-        print(format_table(evaluate(args.out, n=args.eval_examples)))  # noqa: T201 - CLI output
+        print(format_table(evaluate(args.out, n=args.eval_examples)))
         return
     config = TrainConfig(out=args.out, tokens=args.tokens, seed=args.seed, resume=args.resume, eval_examples=args.eval_examples,
                          batch_size=args.batch_size, lr=args.lr, init_from=args.init_from)  # fmt: skip
     report = train(config)
-    print(json.dumps({k: v for k, v in report.items() if k != "accuracy"}))  # noqa: T201
-    print(format_table(report["accuracy"]))  # noqa: T201
+    print(json.dumps({k: v for k, v in report.items() if k != "accuracy"}))
+    print(format_table(report["accuracy"]))
 
 
 if __name__ == "__main__":
