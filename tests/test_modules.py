@@ -391,3 +391,16 @@ def test_context_is_per_async_task() -> None:
 def test_repr_mentions_signatures() -> None:
     assert repr(ob.Predict("a -> b", demos=[{"a": 1, "b": 2}])) == "Predict('a: str -> b: str', demos=1)"
     assert "generate_query='question: str -> query: str'" in repr(Hop())
+
+
+def test_import_oobleck_leaves_heavy_and_slow_modules_unimported() -> None:
+    """``import oobleck`` stays fast: each of these is imported only by the code that uses it."""
+    import subprocess
+    import sys
+
+    lazy = ["torch", "transformers", "peft", "optuna", "datasets", "numpy", "openai", "httpx", "pydantic", "asyncio",
+            "sentence_transformers", "bm25s", "fastapi", "uvicorn", "dspy", "rich", "matplotlib"]  # fmt: skip
+    code = f"import sys, oobleck; print([m for m in {lazy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
