@@ -107,3 +107,12 @@ class BudgetExceeded(OobleckError):
     def __init__(self, message: str, *, limit: str = ""):
         super().__init__(message)
         self.limit = limit
+
+
+def misfit(*parts: tuple[list[str], str]) -> str:
+    """The phrases (each with ``{}`` for its names) of the name lists that are not empty, joined by "; ".
+
+    For messages saying how two sets of names fail to match, such as a saved program's
+    predictors against the program it is loaded into; "" when every list is empty.
+    """
+    return "; ".join(phrase.format(names) for names, phrase in parts if names)

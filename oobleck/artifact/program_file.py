@@ -24,7 +24,7 @@ from oobleck._json import to_jsonable
 from oobleck._version import __version__
 from oobleck.adapters import get_adapter
 from oobleck.artifact.retrievers import plan_retrievers, retrievers_section, validate_retrievers
-from oobleck.errors import ArtifactError, OobleckError
+from oobleck.errors import ArtifactError, OobleckError, misfit
 from oobleck.lm.base import BaseLM
 from oobleck.lm.cache import SECRET_KEYS
 from oobleck.modules.ensemble import REDUCERS, EnsembleProgram
@@ -306,15 +306,11 @@ def load_program(path: str | os.PathLike[str], program: Module | None = None, *,
             raise ArtifactError(f"program must be an ob.Module, not {type(program).__name__}")
         result = program
         own = dict(program.named_predictors())
-        missing, extra = sorted(set(saved) - set(own)), sorted(set(own) - set(saved))
-        if missing or extra:
-            differences = []
-            if missing:
-                differences.append(f"saved predictor(s) {missing} are not in the program")
-            if extra:
-                differences.append(f"program predictor(s) {extra} are not in the file")
+        differences = misfit((sorted(set(saved) - set(own)), "saved predictor(s) {} are not in the program"),
+                             (sorted(set(own) - set(saved)), "program predictor(s) {} are not in the file"))  # fmt: skip
+        if differences:
             raise ArtifactError(
-                f"{file} does not fit {type(program).__name__}: {'; '.join(differences)} "
+                f"{file} does not fit {type(program).__name__}: {differences} "
                 f"(saved {sorted(saved)}, program {sorted(own)})"
             )
         # Check every predictor before changing any, so a bad file leaves the program as it was.

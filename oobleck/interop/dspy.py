@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from oobleck._json import to_jsonable
-from oobleck.errors import ArtifactError, ConfigurationError, OobleckError, SignatureError
+from oobleck.errors import ArtifactError, ConfigurationError, OobleckError, SignatureError, misfit
 from oobleck.modules.ensemble import EnsembleProgram
 from oobleck.modules.module import Module
 from oobleck.modules.predict import ChainOfThought, Predict
@@ -525,14 +525,10 @@ def _check_against(entries: dict[str, tuple[type[Signature], list[dict[str, Any]
         raise ConfigurationError(f"dspy_program must be a DSPy module, not {type(dspy_program).__name__}")
     names = dspy_names(reference)
     own = dict(reference.named_predictors())
-    missing, extra = sorted(set(own) - set(entries)), sorted(set(entries) - set(own))
-    if missing or extra:
-        problems = []
-        if extra:
-            problems.append(f"predictors {extra} are not in the DSPy program")
-        if missing:
-            problems.append(f"the DSPy program's predictors {missing} are not in the oobleck program")
-        raise ArtifactError(f"the program does not fit {type(dspy_program).__name__}: {'; '.join(problems)} "
+    problems = misfit((sorted(set(entries) - set(own)), "predictors {} are not in the DSPy program"),
+                      (sorted(set(own) - set(entries)), "the DSPy program's predictors {} are not in the oobleck program"))  # fmt: skip
+    if problems:
+        raise ArtifactError(f"the program does not fit {type(dspy_program).__name__}: {problems} "
                             f"(oobleck names; the DSPy program has {sorted(names.values())})")  # fmt: skip
     for name, (signature, _, _) in entries.items():
         if list(signature.fields) != list(own[name].signature.fields):
@@ -663,14 +659,10 @@ def import_dspy_json(path: str | os.PathLike[str], program: Any, *, out: str | o
         )
     names = dspy_names(result)
     by_dspy = {spelled: name for name, spelled in names.items()}
-    unknown, missing = sorted(set(states) - set(by_dspy)), sorted(set(by_dspy) - set(states))
-    if unknown or missing:
-        problems = []
-        if unknown:
-            problems.append(f"the file's predictors {unknown} are not in the program")
-        if missing:
-            problems.append(f"the program's predictors {missing} are not in the file")
-        raise ArtifactError(f"{file} does not fit {type(program).__name__}: {'; '.join(problems)} "
+    problems = misfit((sorted(set(states) - set(by_dspy)), "the file's predictors {} are not in the program"),
+                      (sorted(set(by_dspy) - set(states)), "the program's predictors {} are not in the file"))  # fmt: skip
+    if problems:
+        raise ArtifactError(f"{file} does not fit {type(program).__name__}: {problems} "
                             f"(file has {sorted(states)}, program has {sorted(by_dspy)})")  # fmt: skip
     own = dict(result.named_predictors())
     planned = []
