@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from oobleck._json import to_jsonable
-from oobleck.errors import ArtifactError, OobleckError
+from oobleck.errors import ArtifactError, OobleckError, misfit
 from oobleck.modules.module import Module
 from oobleck.modules.retrieve import Retrieve, named_retrievers
 from oobleck.retrieval.base import retriever_from_config
@@ -96,11 +96,10 @@ def plan_retrievers(program: Module | None, section: dict[str, Any] | None, fold
     if program is None:
         raise ArtifactError(f"{file} holds a program with Retrieve modules {sorted(section)}; pass the program: ob.load(path, program=MyProgram())")
     own = dict(named_retrievers(program))
-    missing, extra = sorted(set(section) - set(own)), sorted(set(own) - set(section))
-    if missing or extra:
-        differences = ([f"saved Retrieve module(s) {missing} are not in the program"] if missing else []) + (
-            [f"program Retrieve module(s) {extra} are not in the file"] if extra else [])  # fmt: skip
-        raise ArtifactError(f"{file} does not fit {type(program).__name__}: {'; '.join(differences)}")
+    differences = misfit((sorted(set(section) - set(own)), "saved Retrieve module(s) {} are not in the program"),
+                         (sorted(set(own) - set(section)), "program Retrieve module(s) {} are not in the file"))  # fmt: skip
+    if differences:
+        raise ArtifactError(f"{file} does not fit {type(program).__name__}: {differences}")
     planned: list[tuple[Retrieve, int, Any]] = []
     for name, entry in section.items():
         module = own[name]
