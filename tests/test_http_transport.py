@@ -77,6 +77,7 @@ class ScriptedHTTP:
         self.replies = list(replies)
         self.close_after = close_after
         self.requests: list[bytes] = []
+        self.bodies: list[bytes] = []
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -106,6 +107,7 @@ class ScriptedHTTP:
                 length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
                 while len(buffer) < length:
                     buffer += conn.recv(65536)
+                self.bodies.append(buffer[:length])
                 buffer = buffer[length:]
                 self.requests.append(head)
                 reply = self.replies.pop(0) if self.replies else [CLOSE]
@@ -366,6 +368,37 @@ def test_the_endpoint_url_is_the_one_the_sdk_would_build(base_url: str) -> None:
 
     client = openai.OpenAI(api_key="k", base_url=base_url)
     assert str(client._prepare_url(_endpoint(client))) == str(client._prepare_url("/chat/completions"))
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_lm_requests_are_the_ones_chat_completions_create_sends(asynchronous: bool) -> None:
+    """The LM's prepared ``post`` and the SDK's own ``create`` put the same request on the wire."""
+    reply = [ok_json(chat_body("[[ ## answer ## ]]\nyes\n\n[[ ## completed ## ]]"))]
+    messages = user("hi")
+    with scripted([reply, reply]) as server:
+        lm = ob.LM("openai/m", base_url=server.url + "/v1/", retry=NO_RETRY, cache=False, temperature=0.5, max_tokens=7)
+        if asynchronous:
+
+            async def both() -> None:
+                await lm.acall(messages=messages)
+                await lm.async_client().chat.completions.create(model="m", messages=messages, temperature=0.5, max_tokens=7)
+
+            asyncio.run(both())
+        else:
+            lm(messages=messages)
+            lm.client().chat.completions.create(model="m", messages=messages, temperature=0.5, max_tokens=7)
+
+    def head(raw: bytes) -> list[bytes]:  # an idempotency key, where the SDK sends one, is fresh per request by design
+        return [line for line in raw.split(b"\r\n") if not line.lower().startswith(b"idempotency-key:")]
+
+    ours, sdks = server.requests
+    assert head(ours) == head(sdks) and head(ours)[0] == b"POST /v1/chat/completions HTTP/1.1"
+    assert json.loads(server.bodies[0]) == json.loads(server.bodies[1]) == {"model": "m", "messages": messages, "temperature": 0.5, "max_tokens": 7}
+    from oobleck.lm.openai_backend import _prepared_post
+
+    # the first request took the prepared path; per-call request options are left to ``post``
+    assert _prepared_post(lm.client(), {"model": "m"}, {}) is not None
+    assert _prepared_post(lm.client(), {"model": "m"}, {"timeout": 5}) is None
 
 
 def test_a_base_url_without_a_path_reaches_chat_completions() -> None:

@@ -185,6 +185,90 @@ def test_unexpected_exception_is_500_json_logged_with_request_id(caplog: pytest.
     assert payload["request_id"] in caplog.text and "KeyError" in caplog.text
 
 
+async def _asgi_answers(app: object, root_path: str) -> list[tuple[int, dict, str, str]]:
+    """Status, body, content type and request id of a good, a bad and a crashing request, under ``root_path``."""
+    cases = [{"question": "ab", "times": 2}, {"question": "ab", "times": "many"}, {"question": "bug", "times": 1}]
+    transport = httpx.ASGITransport(app=app, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answers = []
+        for number, body in enumerate(cases):
+            response = await client.post(f"{root_path}/programs/flaky", json=body, headers={"X-Request-ID": f"r{number}"})
+            answers.append((response.status_code, response.json(), response.headers["content-type"], response.headers["x-request-id"]))
+        return answers
+
+
+def test_program_requests_answer_the_same_with_and_without_routing(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plain path goes straight to the program's handler; under a root path the request is
+    # routed by FastAPI. The answers (200, 422 naming the field, 500) and the metrics must agree.
+    from oobleck.serve.app import _ProgramRoute
+
+    routed_calls = []
+    route_handle = _ProgramRoute.handle
+
+    async def counted(self: _ProgramRoute, scope: dict, receive: object, send: object) -> None:
+        routed_calls.append(scope["path"])
+        await route_handle(self, scope, receive, send)
+
+    monkeypatch.setattr(_ProgramRoute, "handle", counted)
+    app = create_app({"flaky": Flaky()}, openai_compat=False)
+    with caplog.at_level(logging.CRITICAL):
+        direct = asyncio.run(_asgi_answers(app, ""))
+        assert routed_calls == []
+        routed = asyncio.run(_asgi_answers(app, "/api"))
+    assert routed_calls == ["/api/programs/flaky"] * 3
+    assert direct == routed
+    assert [status for status, *_ in direct] == [200, 422, 500]
+    assert direct[0][1] == {"answer": "abab", "times": 2} and "times" in direct[1][1]["error"]["message"]
+    assert [rid for *_, rid in direct] == ["r0", "r1", "r2"] and all(body.get("request_id", rid) == rid for _, body, _, rid in direct)
+    metrics = app.state.metrics.render()
+    for status in (200, 422, 500):
+        assert f'oobleck_requests_total{{method="POST",endpoint="/programs/flaky",status="{status}"}} 2' in metrics
+
+
+def test_writes_of_one_event_loop_step_leave_as_one_send_in_order() -> None:
+    from oobleck.serve.protocol import _StepWrites
+
+    class Recording:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.sent.append(data)
+
+        def close(self) -> None:
+            self.closed = True
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return ("127.0.0.1", 9) if name == "peername" else default
+
+    async def scenario() -> Recording:
+        wire = Recording()
+        transport = _StepWrites(wire, asyncio.get_running_loop())  # type: ignore[arg-type]
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        transport.write(b"ok")
+        assert wire.sent == []  # held until this step of the loop ends
+        await asyncio.sleep(0)
+        assert wire.sent == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+        transport.write(b"chunk 1")  # a streamed body: each step's chunk leaves when its step ends
+        await asyncio.sleep(0)
+        transport.write(b"chunk 2")
+        transport.close()  # sends what is held before closing
+        assert wire.closed and transport.get_extra_info("peername") == ("127.0.0.1", 9)
+        return wire
+
+    assert asyncio.run(scenario()).sent[1:] == [b"chunk 1", b"chunk 2"]
+
+
+def test_served_connections_use_the_one_write_transport(classify_server: BackgroundServer) -> None:
+    from oobleck.serve.protocol import _StepWrites
+
+    with httpx.Client() as client:  # keep-alive: the connection is still open when inspected
+        assert client.post(classify_server.url + "/programs/classify", json={"ticket": "x", "priority": 1}).status_code == 200
+        connections = list(classify_server._server.server_state.connections)
+        assert connections and all(isinstance(c.transport, _StepWrites) for c in connections)
+
+
 def test_user_module_interface_comes_from_forward() -> None:
     served = ServedProgram("flaky", Flaky())
     assert [(f.name, f.annotation) for f in served.inputs] == [("question", str), ("times", int)]

@@ -86,9 +86,10 @@ class _RequestContext:
     (``/programs/qa``, ``/v1/chat/completions``), never by raw path.
     """
 
-    def __init__(self, app: Any, metrics: Metrics):
+    def __init__(self, app: Any, metrics: Metrics, direct: Mapping[str, _ProgramRoute] | None = None):
         self.app = app
         self.metrics = metrics
+        self.direct = dict(direct or {})
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -110,7 +111,17 @@ class _RequestContext:
         started = time.perf_counter()
         self.metrics.started()
         try:
-            await self.app(scope, receive, send_with_id)
+            program = self.direct.get(scope["path"]) if scope["method"] == "POST" and not scope.get("root_path") else None
+            if program is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                # A program request goes straight to its handler, which answers every failure
+                # itself: FastAPI's routing and inner middleware took about as much CPU per
+                # request as the handler and the program's own Python work. Anything that still
+                # escapes meets the same outer error handling as on the routed path.
+                scope["route"] = program
+                response = await program.endpoint.handle(Request(scope, receive))
+                await response(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             # Every unrouted request shares one label (redirects included), so no client can grow the label set.
@@ -337,7 +348,8 @@ def create_app(programs: Iterable[ServedProgram] | Mapping[str, Module], *, titl
         from oobleck.serve.openai_compat import add_openai_routes
 
         add_openai_routes(app, hf_models, metrics)
-    app.add_middleware(_RequestContext, metrics=metrics)
+    direct = {route.path: route for route in app.router.routes if isinstance(route, _ProgramRoute)}
+    app.add_middleware(_RequestContext, metrics=metrics, direct=direct)
     return app
 
 

@@ -41,8 +41,11 @@ def url_of(sock: socket.socket) -> str:
 def _config(app: Any, log_level: str, **options: Any) -> Any:
     import uvicorn
 
+    from oobleck.serve.protocol import http_protocol
+
     # keep-alive well past a load balancer's idle timeout; the backlog covers bursts of connections.
-    return uvicorn.Config(app, log_level=log_level, timeout_keep_alive=75, backlog=2048, lifespan="on", **options)
+    return uvicorn.Config(app, log_level=log_level, timeout_keep_alive=75, backlog=2048, lifespan="on", http=http_protocol(),
+                          **options)  # fmt: skip
 
 
 def run_server(app: Any, sock: socket.socket, *, log_level: str = "info", access_log: bool = False) -> None:
