@@ -67,7 +67,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--tag", default="q")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop (less CPU per request), where it is installed")
     args = parser.parse_args()
+    if args.uvloop:
+        try:
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:
+            pass
     print(json.dumps(asyncio.run(run(args.url, args.concurrency, args.seconds, args.tag))), flush=True)
 
 

@@ -16,6 +16,10 @@ Three processes, so none competes with another for the GIL:
 * the load: ``benchmarks/_serve_load.py``, keep-alive raw-socket clients that check every
   answer echoes its own question (so no response is lost or swapped).
 
+The LM stand-in and the load generator run on uvloop by default (``--harness-loop asyncio``
+for plain asyncio): on a small machine they share the cores with the server under test, which
+a real LM server and real clients would not, so they should take as little CPU as they can.
+
 Each concurrency gets a warm-up run, then ``--rounds`` measured runs of ``--seconds``; the
 table shows the median rate and the latency percentiles over all measured requests, plus the
 server's CPU time per request (from /proc), which is what caps the rate on a small machine.
@@ -96,8 +100,9 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def _load(url: str, concurrency: int, seconds: float, tag: str) -> dict[str, Any]:
-    cmd = [sys.executable, str(LOAD), "--url", url, "--concurrency", str(concurrency), "--seconds", str(seconds), "--tag", tag]
+def _load(url: str, concurrency: int, seconds: float, tag: str, harness_loop: str) -> dict[str, Any]:
+    cmd = [sys.executable, str(LOAD), "--url", url, "--concurrency", str(concurrency), "--seconds", str(seconds), "--tag", tag,
+           *(["--uvloop"] if harness_loop == "uvloop" else [])]  # fmt: skip
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=seconds + 120)
     if done.returncode != 0:
         raise RuntimeError(f"the load generator failed: {done.stderr[-2000:]}")
@@ -119,11 +124,11 @@ def _tree_cpu(pid: int) -> float:
 def _measure(url: str, pid: int, workers: int, c: int, args: argparse.Namespace) -> dict[str, Any]:
     limit = c / args.latency
     with console.status(f"{workers} worker(s), {c} clients: warm-up, then {args.rounds} x {args.seconds:g} s"):
-        _load(url, max(c, 16 * workers), 1.0, f"warm{workers}-{c}")  # enough connections to reach (and warm) every worker
+        _load(url, max(c, 16 * workers), 1.0, f"warm{workers}-{c}", args.harness_loop)  # enough connections to reach (and warm) every worker
         runs = []
         for r in range(args.rounds):
             cpu = _tree_cpu(pid)
-            run = _load(url, c, args.seconds, f"w{workers}c{c}r{r}")
+            run = _load(url, c, args.seconds, f"w{workers}c{c}r{r}", args.harness_loop)
             run["server_cpu_s"] = _tree_cpu(pid) - cpu
             runs.append(run)
     latencies = [x for run in runs for x in run.pop("latencies_ms")]
@@ -151,10 +156,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one measured run")
     parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--harness-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="event loop of the LM stand-in and the load generator (they share the cores with the server)")  # fmt: skip
     args = parser.parse_args()
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OOBLECK_CACHE": "0", "HF_HUB_OFFLINE": "1"}
-    lm_server = subprocess.Popen([sys.executable, str(LM_SERVER), "--latency", str(args.latency)], stdout=subprocess.PIPE,
+    lm_server = subprocess.Popen([sys.executable, str(LM_SERVER), "--latency", str(args.latency), *(["--uvloop"] if args.harness_loop == "uvloop" else [])],
+                                 stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     rows: list[dict[str, Any]] = []
     try:
@@ -197,7 +205,7 @@ def main() -> None:
     best = {c: max(r["fraction_of_limit"] for r in rows if r["concurrency"] == c) for c in args.concurrency}
     path = write_result("serve", {
         "target": f">= {TARGET_FRACTION} of the latency limit (clients / latency) at every concurrency",
-        "latency_s": args.latency, "rounds": args.rounds, "seconds": args.seconds, "rows": rows,
+        "latency_s": args.latency, "rounds": args.rounds, "seconds": args.seconds, "harness_loop": args.harness_loop, "rows": rows,
         "best_fraction_by_concurrency": best, "target_met": all(v >= TARGET_FRACTION for v in best.values()), "all_runs_clean": clean,
     })  # fmt: skip
     console.print(f"[dim]wrote {path}[/dim]")
