@@ -38,25 +38,11 @@ def respond(messages: list[dict[str, Any]]) -> str:
     return f"[[ ## answer ## ]]\n{answer_for(last)}\n\n[[ ## completed ## ]]"
 
 
-def _use_uvloop() -> None:
-    """Make ``asyncio.run`` use uvloop: for benchmarks where this stand-in shares the cores with the server under test."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    import asyncio
-
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop (less CPU per request), where it is installed")
     args = parser.parse_args()
-    if args.uvloop:
-        _use_uvloop()
     server = OpenAITestServer(responder=respond, latency=args.latency, port=args.port, models=["test"], keep_recent=0)
     server.serve_forever(lambda url: print(url, flush=True))
 
