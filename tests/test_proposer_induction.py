@@ -20,7 +20,7 @@ def _trainset() -> list[ob.Example]:
 
 
 def _examples_line(messages: list[dict[str, str]]) -> str:
-    match = re.search(r"^examples: (.*)$", messages[-1]["content"], re.M)
+    match = re.search(r"^examples: (.*)$", messages[-1]["content"], re.MULTILINE)
     assert match, messages
     return match.group(1)
 
