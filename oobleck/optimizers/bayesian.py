@@ -37,7 +37,7 @@ from oobleck.lm.budget import Budget, spending
 from oobleck.modules.module import Module
 from oobleck.optimizers.base import Candidate, Optimizer, open_session
 from oobleck.optimizers.bootstrap import LabeledFewShot, bootstrap_candidate
-from oobleck.optimizers.proposer import InstructionProposer
+from oobleck.optimizers.proposer import InstructionProposer, prompt_adapter
 from oobleck.optimizers.session import CompileSession, candidate_key
 
 __all__ = ["Bayesian"]
@@ -95,10 +95,12 @@ class Bayesian(Optimizer):
         mean_demos = sum(sizes[: max(self.num_demo_sets, 1)]) / max(min(len(sizes), self.num_demo_sets), 1)
         periodic = (self.num_trials - 1) // self.full_eval_every if self.full_eval_every > 0 else 0
         full = min(self.num_trials, max(self.num_final, self.num_final + periodic - 1))
-        extra = 0 if self._proposer.style == "induction" else 150
+        adapter = prompt_adapter(program, self._proposer.prompt_lm)
+        proposals = self._proposer.planned_calls(adapter) * len(program.named_predictors())
+        extra = 0 if self._proposer.style_for(adapter) == "induction" else 150
         return [
             Phase("bootstrap demo sets", teacher_runs, demos=self.max_demos),
-            Phase("instruction proposals", 1.25 * max(0, self.num_instructions - 1), demos=4, extra_prompt=extra),
+            Phase("instruction proposals", proposals, demos=4, extra_prompt=extra),
             Phase("trials (minibatches; trial 0 is the baseline)", self.num_trials * min(self.minibatch_size, n_dev), demos=mean_demos),
             Phase("full dev evaluations", full * n_dev, demos=mean_demos),
         ]

@@ -27,7 +27,7 @@ from oobleck.lm.budget import Budget
 from oobleck.modules.module import Module
 from oobleck.modules.predict import Predict
 from oobleck.optimizers.base import Candidate, Optimizer, open_session
-from oobleck.optimizers.proposer import InstructionProposer
+from oobleck.optimizers.proposer import InstructionProposer, prompt_adapter
 from oobleck.optimizers.session import candidate_key
 from oobleck.optimizers.steps import StepLoop, logical_spend, session_usage
 
@@ -87,10 +87,12 @@ class COPRO(Optimizer):
 
         predictors = program.named_predictors()
         demos = sum(len(p.demos) for _, p in predictors) / max(len(predictors), 1)
-        extra = 0 if self._prompt_lm is not None and self._prompt_lm.adapter == "compact" else 150
+        proposer = InstructionProposer(self._prompt_lm, num_candidates=self.breadth + 1)
+        adapter = prompt_adapter(program, self._prompt_lm)
+        extra = 0 if proposer.style_for(adapter) == "induction" else 150
         return [
             Phase("baseline on dev", n_dev, demos=demos),
-            Phase("instruction proposals", 1.25 * self.depth * self.breadth, demos=4, extra_prompt=extra),
+            Phase("instruction proposals", proposer.planned_calls(adapter) * self.depth * len(predictors), demos=4, extra_prompt=extra),
             Phase("candidates on dev", self.depth * len(predictors) * self.breadth * n_dev * 5 / 6, demos=demos),
         ]
 

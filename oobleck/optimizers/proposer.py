@@ -9,6 +9,10 @@ a temperature with its own rollout id, so the candidates differ while staying ca
 Small local models cannot follow that long meta-prompt; for LMs that declare the compact
 prompt format (the bundled demo model) the proposer uses the instruction-induction prompt
 instead ("these inputs and outputs -> the instruction"), which such a model was trained on.
+Such a model is a noisy namer: sampled, it garbles words; shown many examples at once, it
+drifts to another task. So induction proposals are many short greedy readings of small example
+subsets (2-4, as the model saw in training), and an instruction counts by how many independent
+subsets agree on it: the task's wording recurs, noise does not.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from oobleck.optimizers.induction import examples_line, induction_signature
 from oobleck.signatures.signature import Signature, make_signature
 from oobleck.signatures.types import type_to_str
 
-__all__ = ["InstructionProposer", "summarize_data"]
+__all__ = ["InstructionProposer", "prompt_adapter", "summarize_data"]
 
 logger = logging.getLogger("oobleck.optimizers.proposer")
 
@@ -49,6 +53,18 @@ _PROPOSE_INSTRUCTIONS = (
     "score each reached (higher is better). Write one new instruction that will make the step answer correctly more "
     "often. Reply with the instruction text only."
 )
+
+
+def prompt_adapter(program: Module, prompt_lm: BaseLM | None) -> str | None:
+    """The adapter the proposals' LM declares (for dry runs: None when no LM is configured yet)."""
+    if prompt_lm is not None:
+        return prompt_lm.adapter
+    for _, predictor in program.named_predictors():
+        try:
+            return predictor.resolve_lm().adapter
+        except ConfigurationError:
+            return None
+    return None
 
 
 def _propose_signature() -> type[Signature]:
@@ -125,24 +141,33 @@ class InstructionProposer:
     ``prompt_lm``: the LM that writes proposals (default: each predictor's own LM).
     ``pool``: instructions the user already has, as a list (every predictor) or a dict by
     predictor name; they join the candidates. ``style``: ``"meta"`` (the long meta-prompt),
-    ``"induction"`` (inputs and outputs -> instruction) or ``"auto"``.
+    ``"induction"`` (inputs and outputs -> instruction) or ``"auto"`` (induction for LMs that
+    declare the compact adapter). ``temperature``: for proposals after the first (default 1.0
+    for meta, 0.0 for induction, whose variety comes from the example subsets).
+    ``induction_samples``: induction readings per predictor (default three per wanted
+    candidate); candidates are the readings that at least two subsets agree on, most agreed
+    first (or the most agreed ones when none repeat).
     """
 
     def __init__(self, prompt_lm: BaseLM | None = None, *, num_candidates: int = 6, pool: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-                 style: str = "auto", temperature: float = 1.0, seed: int = 0):  # fmt: skip
+                 style: str = "auto", temperature: float | None = None, induction_samples: int | None = None, seed: int = 0):  # fmt: skip
         if style not in {"auto", "meta", "induction"}:
             raise ConfigurationError(f"InstructionProposer style must be 'auto', 'meta' or 'induction', not {style!r}")
         if num_candidates < 1:
             raise ConfigurationError("InstructionProposer needs num_candidates >= 1")
+        if induction_samples is not None and induction_samples < 1:
+            raise ConfigurationError("InstructionProposer needs induction_samples >= 1")
         self.prompt_lm = prompt_lm
         self.num_candidates = num_candidates
         self.pool = pool
         self.style = style
         self.temperature = temperature
+        self.induction_samples = induction_samples
         self.seed = seed
 
     def settings(self) -> dict[str, Any]:
-        return {"num_candidates": self.num_candidates, "style": self.style, "temperature": self.temperature, "seed": self.seed,
+        return {"num_candidates": self.num_candidates, "style": self.style, "temperature": self.temperature,
+                "induction_samples": self.induction_samples, "seed": self.seed,
                 "prompt_lm": self.prompt_lm.describe()["model"] if self.prompt_lm is not None else None,
                 "pool": self.pool if self.pool is None or isinstance(self.pool, Mapping) else list(self.pool)}  # fmt: skip
 
@@ -153,10 +178,20 @@ class InstructionProposer:
             return [str(s) for s in self.pool.get(name, [])]
         return [str(s) for s in self.pool]
 
-    def _style_for(self, lm: BaseLM) -> str:
+    def planned_calls(self, lm_adapter: str | None) -> float:
+        """Proposal calls per predictor, for dry runs (meta: a quarter of proposals repeat and are asked again)."""
+        if self.style_for(lm_adapter) == "induction":
+            return float(self._induction_samples(self.num_candidates - 1))
+        return 1.25 * (self.num_candidates - 1)
+
+    def style_for(self, adapter: str | None) -> str:
+        """The prompt style used for an LM that declares ``adapter``."""
         if self.style != "auto":
             return self.style
-        return "induction" if lm.adapter == "compact" else "meta"
+        return "induction" if adapter == "compact" else "meta"
+
+    def _induction_samples(self, room: int) -> int:
+        return self.induction_samples if self.induction_samples is not None else 3 * max(room, 0)
 
     def propose(self, program: Module, trainset: Sequence[Example], *, demo_sets: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]] = (),
                 history: Mapping[str, Sequence[tuple[str, float]]] | None = None) -> dict[str, list[str]]:  # fmt: skip
@@ -171,42 +206,83 @@ class InstructionProposer:
         out: dict[str, list[str]] = {}
         for name, predictor in program.named_predictors():
             lm = self.prompt_lm or predictor.resolve_lm()
-            style = self._style_for(lm)
+            style = self.style_for(lm.adapter)
             current = predictor.signature.instructions
             found = [current, *self._user_pool(name)]
             sets = [list(s.get(name, [])) for s in demo_sets if s.get(name)]
             labeled = [dict(ex) for ex in trainset]
             wanted = self.num_candidates + len(found) - 1
-            attempts = 0
-            while len(dict.fromkeys(found)) < wanted and attempts < 2 * self.num_candidates:
-                attempt, attempts = attempts, attempts + 1
-                demos = sets[attempt % len(sets)] if sets else rng.sample(labeled, min(4, len(labeled)))
-                if len(demos) < 2:
-                    demos = demos + rng.sample(labeled, min(4, len(labeled)))
-                if style == "meta":  # a capable LM reads more: ground it in up to 10 worked examples
-                    extra = [d for d in rng.sample(labeled, min(10, len(labeled))) if d not in demos]
-                    demos = (list(demos) + extra)[:10]
-                else:
-                    demos = demos[:6]
-                settings = {"temperature": self.temperature if attempt else 0.0, "rollout_id": f"propose-{name}-{self.seed}-{attempt}"}
-                try:
-                    if style == "induction":
-                        proposer = Predict(induction_signature(), lm=lm, adapter="compact", **settings)
-                        text = proposer(examples=examples_line(predictor.signature, demos)).instruction
-                    else:
-                        earlier = "\n".join(f"{score:.3f}: {instr}" for instr, score in (history or {}).get(name, [])) or "none yet"
-                        proposer = Predict(_propose_signature(), lm=lm, **settings)
-                        text = proposer(program_step=_describe_step(name, predictor), data_summary=summary,
-                                        examples=_examples_text(predictor.signature, demos), previous_instructions=earlier,
-                                        tip=_TIPS[attempt % len(_TIPS)] or "none").instruction  # fmt: skip
-                except BudgetExceeded:
-                    raise
-                except OobleckError as exc:  # an unparseable proposal is just one candidate fewer
-                    logger.debug("proposal %d for %s failed: %s", attempt, name, exc)
-                    continue
-                text = _clean(text)
-                if text:
-                    found.append(text)
+            if style == "induction":
+                found += self._induce(name, predictor, lm, sets, labeled, rng, wanted - len(dict.fromkeys(found)))
+            else:
+                self._meta(name, predictor, lm, sets, labeled, rng, found, wanted, summary, history)
             out[name] = list(dict.fromkeys(found))[:wanted]
             logger.info("%s: %d instruction candidates", name, len(out[name]))
         return out
+
+    def _meta(self, name: str, predictor: Predict, lm: BaseLM, sets: list[list[dict[str, Any]]], labeled: list[dict[str, Any]],
+              rng: random.Random, found: list[str], wanted: int, summary: str,
+              history: Mapping[str, Sequence[tuple[str, float]]] | None) -> None:  # fmt: skip
+        """Ask the meta-prompt until ``found`` holds ``wanted`` distinct instructions (or twice the candidates were asked)."""
+        temperature = 1.0 if self.temperature is None else self.temperature
+        attempts = 0
+        while len(dict.fromkeys(found)) < wanted and attempts < 2 * self.num_candidates:
+            attempt, attempts = attempts, attempts + 1
+            demos = sets[attempt % len(sets)] if sets else rng.sample(labeled, min(4, len(labeled)))
+            if len(demos) < 2:
+                demos = demos + rng.sample(labeled, min(4, len(labeled)))
+            extra = [d for d in rng.sample(labeled, min(10, len(labeled))) if d not in demos]  # ground it in up to 10 worked examples
+            demos = (list(demos) + extra)[:10]
+            settings = {"temperature": temperature if attempt else 0.0, "rollout_id": f"propose-{name}-{self.seed}-{attempt}"}
+            earlier = "\n".join(f"{score:.3f}: {instr}" for instr, score in (history or {}).get(name, [])) or "none yet"
+            try:
+                proposer = Predict(_propose_signature(), lm=lm, **settings)
+                text = proposer(program_step=_describe_step(name, predictor), data_summary=summary,
+                                examples=_examples_text(predictor.signature, demos), previous_instructions=earlier,
+                                tip=_TIPS[attempt % len(_TIPS)] or "none").instruction  # fmt: skip
+            except BudgetExceeded:
+                raise
+            except OobleckError as exc:  # an unparseable proposal is just one candidate fewer
+                logger.debug("proposal %d for %s failed: %s", attempt, name, exc)
+                continue
+            text = _clean(text)
+            if text:
+                found.append(text)
+
+    def _induce(self, name: str, predictor: Predict, lm: BaseLM, sets: list[list[dict[str, Any]]], labeled: list[dict[str, Any]],
+                rng: random.Random, room: int) -> list[str]:  # fmt: skip
+        """Up to ``room`` instructions named by the most independent example subsets (see the module docstring)."""
+        signature = predictor.signature
+        pool: dict[str, dict[str, Any]] = {}
+        for demo in [d for s in sets for d in s] + labeled:  # demos that worked first, then the labeled trainset
+            line = examples_line(signature, [demo])
+            if line:
+                pool.setdefault(line, dict(demo))
+        examples = list(pool.values())
+        if room <= 0 or not examples:
+            return []
+        temperature = 0.0 if self.temperature is None else self.temperature
+        votes: Counter[str] = Counter()
+        seen: set[tuple[int, ...]] = set()
+        for attempt in range(self._induction_samples(room)):
+            for _ in range(8):  # a subset already read would only repeat its reading
+                picked = tuple(sorted(rng.sample(range(len(examples)), min(len(examples), rng.randint(2, 4)))))
+                if picked not in seen:
+                    break
+            seen.add(picked)
+            demos = [examples[i] for i in rng.sample(picked, len(picked))]
+            settings = {"temperature": temperature, "rollout_id": f"propose-{name}-{self.seed}-{attempt}"}
+            try:
+                proposer = Predict(induction_signature(), lm=lm, adapter="compact", **settings)
+                text = _clean(proposer(examples=examples_line(signature, demos)).instruction)
+            except BudgetExceeded:
+                raise
+            except OobleckError as exc:  # an unparseable reading is just one vote fewer
+                logger.debug("induction %d for %s failed: %s", attempt, name, exc)
+                continue
+            if text:
+                votes[text] += 1
+        ranked = [text for text, _ in votes.most_common()]  # ties keep the order first read
+        agreed = [text for text in ranked if votes[text] >= 2]
+        logger.debug("%s: induction votes %s", name, dict(votes))
+        return (agreed or ranked)[:room]
