@@ -1,12 +1,12 @@
 """uvicorn's HTTP protocol, sending each response in one write instead of two.
 
 uvicorn writes a response's status line and headers as soon as the app starts the response,
-and the body in a second write. Each write to a TCP socket is a system call that also runs the
-receiver's side of loopback TCP and wakes it, and on a small virtual machine those two calls
-were about a third of the server's CPU time per request. Here the writes made during one step
-of the event loop are joined and sent together at the end of that step: a plain JSON response
-(head and body written back to back) becomes one ``send``, and a streamed body still goes out
-chunk by chunk, each as soon as the step that produced it ends.
+and the body in a second write: two system calls and two TCP segments per response, and a
+client that wakes up to read twice. Here the writes made during one step of the event loop are
+joined and sent together at the end of that step: a plain JSON response (head and body written
+back to back) becomes one ``send``, and a streamed body still goes out chunk by chunk, each as
+soon as the step that produced it ends. In benchmarks/serve.py this cut the load generator's
+CPU per request by about a fifth and the server's a little.
 """
 
 from __future__ import annotations
