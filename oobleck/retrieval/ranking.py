@@ -48,16 +48,8 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[Passage]], k: int, *, rrf
     score is the passage's score.
     """
     weights = [1.0] * len(rankings) if weights is None else list(weights)
-    fused: dict[str, float] = {}
-    best: dict[str, tuple[int, int]] = {}
-    first: dict[str, Passage] = {}
-    for list_index, (ranking, weight) in enumerate(zip(rankings, weights, strict=True)):
-        for rank, passage in enumerate(ranking, 1):
-            fused[passage.id] = fused.get(passage.id, 0.0) + weight / (rrf_k + rank)
-            best[passage.id] = min(best.get(passage.id, (rank, list_index)), (rank, list_index))
-            first.setdefault(passage.id, passage)
-    order = sorted(fused, key=lambda pid: (-round(fused[pid], 12), best[pid]))
-    return [first[pid].with_score(fused[pid]) for pid in order[:k]]
+    shares = [[weight / (rrf_k + rank) for rank in range(1, len(ranking) + 1)] for ranking, weight in zip(rankings, weights, strict=True)]
+    return _fused(rankings, shares, k)
 
 
 def convex_fusion(rankings: Sequence[Sequence[Passage]], k: int, *, weights: Sequence[float] | None = None) -> list[Passage]:
@@ -73,20 +65,25 @@ def convex_fusion(rankings: Sequence[Sequence[Passage]], k: int, *, weights: Seq
     """
     weights = [1.0] * len(rankings) if weights is None else list(weights)
     total = sum(weights) or 1.0
-    fused: dict[str, float] = {}
-    best: dict[str, tuple[int, int]] = {}
-    first: dict[str, Passage] = {}
-    for list_index, (ranking, weight) in enumerate(zip(rankings, weights, strict=True)):
-        if not ranking:
-            continue
+    shares = []
+    for ranking, weight in zip(rankings, weights, strict=True):
         if any(p.score is None for p in ranking):
             scores = [float(len(ranking) - i) for i in range(len(ranking))]
         else:
             scores = [float(p.score) for p in ranking]  # type: ignore[arg-type]
-        low, high = min(scores), max(scores)
-        for rank, (passage, score) in enumerate(zip(ranking, scores, strict=True), 1):
-            normalised = (score - low) / (high - low) if high > low else 1.0
-            fused[passage.id] = fused.get(passage.id, 0.0) + weight * normalised / total
+        low, high = (min(scores), max(scores)) if scores else (0.0, 0.0)
+        shares.append([weight * ((score - low) / (high - low) if high > low else 1.0) / total for score in scores])
+    return _fused(rankings, shares, k)
+
+
+def _fused(rankings: Sequence[Sequence[Passage]], shares: Sequence[Sequence[float]], k: int) -> list[Passage]:
+    """The top ``k`` passages (by id) by the sum of their shares over the lists; ties to the better best rank, then the earlier list."""
+    fused: dict[str, float] = {}
+    best: dict[str, tuple[int, int]] = {}
+    first: dict[str, Passage] = {}
+    for list_index, (ranking, list_shares) in enumerate(zip(rankings, shares, strict=True)):
+        for rank, (passage, share) in enumerate(zip(ranking, list_shares, strict=True), 1):
+            fused[passage.id] = fused.get(passage.id, 0.0) + share
             best[passage.id] = min(best.get(passage.id, (rank, list_index)), (rank, list_index))
             first.setdefault(passage.id, passage)
     order = sorted(fused, key=lambda pid: (-round(fused[pid], 12), best[pid]))

@@ -21,6 +21,7 @@ from oobleck.errors import ConfigurationError, OobleckError
 from oobleck.modules.ensemble import EnsembleProgram
 from oobleck.modules.module import Module
 from oobleck.modules.predict import Predict
+from oobleck.modules.retrieve import named_retrievers
 
 __all__ = ["FieldInfo", "Registry", "ServedProgram", "name_for", "split_named"]
 
@@ -57,8 +58,6 @@ class ServedProgram:
             raise ConfigurationError(f"program {self.name!r} must be an ob.Module, not {type(self.program).__name__}")
         if not self.inputs:
             self.inputs, self.outputs, self.instructions = interface_of(self.program)
-        from oobleck.modules.retrieve import named_retrievers
-
         for path, retrieve in named_retrievers(self.program):  # a program that cannot retrieve fails now, not on each request
             try:
                 retrieve.resolve_retriever()
