@@ -39,7 +39,8 @@ bench: $(BENCH_VENV)/.installed
 	$(BENCH_PY) benchmarks/run_all.py
 
 train-tiny: $(VENV)/.installed
-	$(PY) -m oobleck.tiny.train --out runs/oobleck-tiny
+	$(PY) -m oobleck.tiny.train --out runs/oobleck-tiny-stage1
+	$(PY) -m oobleck.tiny.train --out runs/oobleck-tiny --init-from runs/oobleck-tiny-stage1 --seed 1 --lr 1.5e-3
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache

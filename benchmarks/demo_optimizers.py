@@ -12,7 +12,7 @@ gain over each other optimizer, resampling (seed, held-out example) pairs. That 
 about the held-out examples given the compiled programs: it does not cover how much another
 seed would change what each optimizer compiles (the per-seed rows show that spread).
 
-    python benchmarks/demo_optimizers.py [--tasks uppercase,first_letter] [--seeds 0 1 2] [--test 500] [--trials 12]
+    python benchmarks/demo_optimizers.py [--tasks uppercase,reverse,repeat,first_letter] [--seeds 0 1 2] [--test 500] [--trials 12]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from oobleck.tiny.tasks import TASKS, task_examples
 
 TRAIN, DEV = 30, 100
 OPTIMIZERS = ("BootstrapFewShot", "RandomSearch", "Bayesian")
+ALL = "all tasks"
 
 
 def _data(task: str, seed: int, n_test: int) -> tuple[list[ob.Example], list[ob.Example], list[ob.Example]]:
@@ -55,7 +56,7 @@ def _optimizer(name: str, seed: int, trials: int) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", default="uppercase,first_letter")
+    parser.add_argument("--tasks", default="uppercase,reverse,repeat,first_letter")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--test", type=int, default=500, help="held-out examples per seed")
     parser.add_argument("--trials", type=int, default=12)
@@ -80,13 +81,17 @@ def main() -> None:
                 console.print(f"{task} seed {seed} {name:16} test {result.score:.3f} (vague zero-shot {baseline:.3f})  calls {spent.calls:5}  "
                               f"{seconds:6.1f} s  {compiled.signature.instructions[:50]!r} + {len(compiled.demos)} demos")  # fmt: skip
 
-    pooled: list[dict[str, Any]] = []
-    for task in args.tasks.split(","):
+    tasks = args.tasks.split(",")
+    if len(tasks) > 1:  # every task's (seed, example) pairs together: is the gain general, not one task's?
         for name in OPTIMIZERS:
-            mine = [r for r in runs if r["task"] == task and r["optimizer"] == name]
+            scores[(ALL, name)] = [s for task in tasks for s in scores[(task, name)]]
+    pooled: list[dict[str, Any]] = []
+    for task in tasks + ([ALL] if len(tasks) > 1 else []):
+        for name in OPTIMIZERS:
+            mine = [r for r in runs if task in (ALL, r["task"]) and r["optimizer"] == name]
             gain = None if name == "Bayesian" else paired_bootstrap(scores[(task, name)], scores[(task, "Bayesian")], seed=0)
             pooled.append({"task": task, "optimizer": name, "test": statistics.fmean(scores[(task, name)]),
-                           "tests": [r["test"] for r in mine], "calls": statistics.fmean(r["calls"] for r in mine),
+                           "tests": [] if task == ALL else [r["test"] for r in mine], "calls": statistics.fmean(r["calls"] for r in mine),
                            "seconds": statistics.fmean(r["seconds"] for r in mine), "bayesian_gain": gain.to_dict() if gain else None,
                            "_gain": gain})  # fmt: skip
 
@@ -97,7 +102,7 @@ def main() -> None:
         table.add_column(column)
     for row in pooled:
         gain = row.pop("_gain")
-        table.add_row(row["task"], row["optimizer"], f"{100 * row['test']:.1f}%", " / ".join(f"{100 * t:.1f}" for t in row["tests"]),
+        table.add_row(row["task"], row["optimizer"], f"{100 * row['test']:.1f}%", " / ".join(f"{100 * t:.1f}" for t in row["tests"]) or "-",
                       f"{row['calls']:.0f}", f"{row['seconds']:.1f}", gain.describe() if gain else "-")  # fmt: skip
     console.print(table)
     note = load_note()

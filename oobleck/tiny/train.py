@@ -238,6 +238,17 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any) -> int:
     return step
 
 
+def _earlier_stages(init_from: Path | None) -> list[dict[str, Any]]:
+    """The training records of the model a warm start continues, oldest first, so one file tells the whole recipe."""
+    record = None if init_from is None else init_from / "training.json"
+    if record is None or not record.exists():
+        return []
+    earlier = json.loads(record.read_text())
+    stages = earlier.pop("earlier_stages", [])
+    earlier.pop("accuracy", None)
+    return [*stages, earlier]
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train and save the model to ``config.out``; returns the evaluation table."""
     import torch
@@ -303,6 +314,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "tokens": tokens, "steps": len(plan), "seconds": round(elapsed, 1), "tokens_per_second": round(seen / max(elapsed, 1e-9)),
         "loss_first": sum(losses[:window]) / window if losses else None,
         "loss_last": sum(losses[-window:]) / window if losses else None,
+        "settings": {"seed": config.seed, "lr": config.lr, "batch_size": config.batch_size, "token_budget": config.tokens,
+                     "init_from": None if config.init_from is None else config.init_from.name, "eval_seed": config.seed + 1000},
+        "earlier_stages": _earlier_stages(config.init_from),
         "accuracy": table,
     }  # fmt: skip
     (config.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
