@@ -102,3 +102,16 @@ def test_training_script_smoke(tmp_path: Path) -> None:
     )  # fmt: skip
     assert text == "Reverse the word.\nword: abc\nanswer:"
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_warm_start_records_the_earlier_stage(tmp_path: Path) -> None:
+    """A second stage's training.json carries the first stage's record, so one file tells the whole recipe."""
+    from oobleck.tiny.train import TrainConfig, train
+
+    train(TrainConfig(out=tmp_path / "one", tokens=8_000, eval_examples=0))
+    report = train(TrainConfig(out=tmp_path / "two", tokens=8_000, seed=1, lr=1e-3, eval_examples=0, init_from=tmp_path / "one"))
+    assert report["settings"]["init_from"] == "one" and report["settings"]["seed"] == 1
+    [first] = report["earlier_stages"]
+    assert first["settings"]["seed"] == 0 and first["settings"]["init_from"] is None and "accuracy" not in first
+    saved = json.loads((tmp_path / "two" / "training.json").read_text())
+    assert saved["earlier_stages"] == report["earlier_stages"]
