@@ -153,11 +153,7 @@ class OpenAICompatibleLM(LM):
         shards = self._sync_shards()
         index, client = shards.acquire()
         try:
-            prepared = _prepared_post(client, body, options)
-            if prepared is None:
-                raw = client.post(_endpoint(client), body=body, options=options, cast_to=bytes)
-            else:
-                raw = client.request(bytes, prepared)
+            raw = _post(client, body, options)
         except openai.OpenAIError as exc:
             raise self._translate(exc) from exc
         finally:
@@ -182,11 +178,7 @@ class OpenAICompatibleLM(LM):
         shards = self._async_shards()
         index, client = shards.acquire()
         try:
-            prepared = _prepared_post(client, body, options)
-            if prepared is None:
-                raw = await client.post(_endpoint(client), body=body, options=options, cast_to=bytes)
-            else:
-                raw = await client.request(bytes, prepared)
+            raw = await _post(client, body, options)
         except openai.OpenAIError as exc:
             raise self._translate(exc) from exc
         finally:
@@ -255,6 +247,14 @@ def _endpoint(client: Any) -> str:
     if base.endswith("/") and "?" not in base and "#" not in base:
         return base + "chat/completions"
     return "/chat/completions"
+
+
+def _post(client: Any, body: dict[str, Any], options: dict[str, Any]) -> Any:
+    """POST ``body`` to the chat completions endpoint: the raw bytes (sync client) or an awaitable of them (async)."""
+    prepared = _prepared_post(client, body, options)
+    if prepared is None:
+        return client.post(_endpoint(client), body=body, options=options, cast_to=bytes)
+    return client.request(bytes, prepared)
 
 
 def _prepared_post(client: Any, body: dict[str, Any], options: dict[str, Any]) -> Any:

@@ -59,12 +59,13 @@ def prompt_adapter(program: Module, prompt_lm: BaseLM | None) -> str | None:
     """The adapter the proposals' LM declares (for dry runs: None when no LM is configured yet)."""
     if prompt_lm is not None:
         return prompt_lm.adapter
-    for _, predictor in program.named_predictors():
-        try:
-            return predictor.resolve_lm().adapter
-        except ConfigurationError:
-            return None
-    return None
+    predictors = program.named_predictors()
+    if not predictors:
+        return None
+    try:  # the first predictor's LM stands for the program's
+        return predictors[0][1].resolve_lm().adapter
+    except ConfigurationError:
+        return None
 
 
 def _propose_signature() -> type[Signature]:
