@@ -215,6 +215,7 @@ class SimulatedLM:
         # The probability of a right answer behind each answer given since the last reset: their
         # mean is a program's expected score, free of the draws' noise.
         self.answer_probabilities: list[float] = []
+        self.plumbing: Counter[str] = Counter()  # what the prompts held, for ``optimizers.py --plumbing`` (the routing task fills it)
 
     def reset_counts(self) -> None:
         self.kinds.clear()
