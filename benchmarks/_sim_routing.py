@@ -56,94 +56,211 @@ import json
 import random
 import re
 from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from _sim_lm import _content, output_fields
 
-QUEUES = ("refunds", "billing", "returns", "shipping", "account", "technical")
-PARTNER = {"refunds": "billing", "billing": "refunds", "returns": "shipping", "shipping": "returns", "account": "technical",
-           "technical": "account"}  # fmt: skip
-ITEMS = ("lamp", "kettle", "jacket", "blender", "backpack", "monitor", "heater", "tent", "printer", "scooter", "camera", "speaker")
-TEMPLATES = {
-    "refunds": (
-        "I was charged twice for order {n}, my card shows two payments for the {item}.",
-        "My bank statement has a duplicate payment for the {item} on order {n}.",
-        "Order {n} was cancelled {d} days ago but the charge for the {item} is still on my card.",
-    ),
-    "billing": (
-        "Please send an invoice with my company name for order {n}, the {item}.",
-        "The receipt for order {n} shows the wrong billing address for the {item}.",
-        "I need the tax on my payment for the {item} in order {n} listed on its own line.",
-    ),
-    "returns": (
-        "The {item} from order {n} arrived broken in the delivery box.",
-        "The parcel for order {n} came with the wrong {item} inside.",
-        "The {item} in order {n} was delivered {d} days ago and it does not work at all.",
-    ),
-    "shipping": (
-        "Order {n} with the {item} has not arrived after {d} days.",
-        "Tracking for order {n}, the {item}, has not moved in {d} days.",
-        "Can the {item} from order {n} be delivered to a different address?",
-    ),
-    "account": (
-        "I cannot sign in to see order {n}, the reset email never came after {d} tries.",
-        "Please change the email on my profile, the confirmation for the {item} in order {n} went to the old one.",
-        "My profile was locked after {d} failed sign-in attempts while buying the {item}, order {n}.",
-    ),
-    "technical": (
-        "The app crashes every time I open order {n} for the {item}.",
-        "The checkout page shows error {n} when I try to buy the {item}.",
-        "The website has been loading for minutes for {d} days whenever I open the {item} page, order {n}.",
-    ),
-}
-RIGHT_RULES = {
-    "refunds": ("Duplicate or leftover charges (paid twice, still charged after cancelling) go to refunds, not billing.",
-                "Money taken twice or not given back after a cancellation belongs in refunds."),
-    "billing": ("Requests for invoices, receipts or tax lines go to billing, not refunds.",
-                "Paperwork about a payment (an invoice, a receipt, the tax shown) belongs in billing."),
-    "returns": ("Items that arrived broken, wrong or not working go to returns, not shipping.",
-                "Anything wrong with what was inside the parcel belongs in returns."),
-    "shipping": ("Parcels that are late, stuck in tracking or need a new address go to shipping, not returns.",
-                 "Where a parcel is or when it arrives belongs in shipping."),
-    "account": ("Sign-in trouble, locked profiles and email changes go to account, not technical.",
-                "Who the customer is to the shop (signing in, the profile, its email) belongs in account."),
-    "technical": ("App crashes, error pages and slow pages go to technical, not account.",
-                  "Software that fails (a crash, an error code, a page that will not load) belongs in technical."),
-}  # fmt: skip
-WRONG_RULES = {
-    "refunds": "Anything about a charge on the card goes to billing.",
-    "billing": "Any message about a payment goes to refunds.",
-    "returns": "Anything that mentions a delivery goes to shipping.",
-    "shipping": "A parcel that has not come as expected goes to returns.",
-    "account": "Any trouble using the site goes to technical.",
-    "technical": "Anything that happens while signed in goes to account.",
-}
-OPENERS = (
-    "Route the support ticket to the right queue.",
-    "Read the customer message and answer with the queue that should handle it, as one lowercase word.",
-    "Classify the ticket into one of the support queues.",
-)
-TEXT_OPENERS = (
-    "The data are short customer messages about orders; each is routed to one queue.",
-    "Each example is a support ticket about one order, labeled with the queue that handles it.",
-)
-INSTRUCTION = "Route the support ticket to the right queue."
-INPUT, OUTPUT = "ticket", "queue"
+
+@dataclass(frozen=True)
+class Domain:
+    """One routing data set: queues in confusable pairs, ticket templates, and the rule sentences the simulator writes."""
+
+    name: str
+    instruction: str
+    partner: dict[str, str]
+    templates: dict[str, tuple[str, ...]]
+    right_rules: dict[str, tuple[str, ...]]
+    wrong_rules: dict[str, str]
+    openers: tuple[str, ...]
+    text_openers: tuple[str, ...]
+    items: tuple[str, ...]
+    numbers: tuple[int, int]  # the range of {n}
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return tuple(self.templates)
+
+    @cached_property
+    def patterns(self) -> list[tuple[str, re.Pattern[str]]]:
+        return [(queue, _pattern(t, self.items)) for queue, templates in self.templates.items() for t in templates]
 
 
-def _pattern(template: str) -> re.Pattern[str]:
+def _pattern(template: str, items: tuple[str, ...]) -> re.Pattern[str]:
     text = re.escape(template)
-    for slot, body in (("n", r"\d{4,5}"), ("d", r"\d{1,2}"), ("item", "|".join(ITEMS))):
+    for slot, body in (("n", r"\d{3,5}"), ("d", r"\d{1,2}"), ("item", "|".join(items))):
         text = text.replace(re.escape("{" + slot + "}"), f"(?:{body})")
     return re.compile(text)
 
 
-PATTERNS = [(queue, _pattern(t)) for queue, templates in TEMPLATES.items() for t in templates]
+SHOP = Domain(
+    name="routing",
+    instruction="Route the support ticket to the right queue.",
+    partner={"refunds": "billing", "billing": "refunds", "returns": "shipping", "shipping": "returns", "account": "technical",
+             "technical": "account"},
+    templates={
+        "refunds": (
+            "I was charged twice for order {n}, my card shows two payments for the {item}.",
+            "My bank statement has a duplicate payment for the {item} on order {n}.",
+            "Order {n} was cancelled {d} days ago but the charge for the {item} is still on my card.",
+        ),
+        "billing": (
+            "Please send an invoice with my company name for order {n}, the {item}.",
+            "The receipt for order {n} shows the wrong billing address for the {item}.",
+            "I need the tax on my payment for the {item} in order {n} listed on its own line.",
+        ),
+        "returns": (
+            "The {item} from order {n} arrived broken in the delivery box.",
+            "The parcel for order {n} came with the wrong {item} inside.",
+            "The {item} in order {n} was delivered {d} days ago and it does not work at all.",
+        ),
+        "shipping": (
+            "Order {n} with the {item} has not arrived after {d} days.",
+            "Tracking for order {n}, the {item}, has not moved in {d} days.",
+            "Can the {item} from order {n} be delivered to a different address?",
+        ),
+        "account": (
+            "I cannot sign in to see order {n}, the reset email never came after {d} tries.",
+            "Please change the email on my profile, the confirmation for the {item} in order {n} went to the old one.",
+            "My profile was locked after {d} failed sign-in attempts while buying the {item}, order {n}.",
+        ),
+        "technical": (
+            "The app crashes every time I open order {n} for the {item}.",
+            "The checkout page shows error {n} when I try to buy the {item}.",
+            "The website has been loading for minutes for {d} days whenever I open the {item} page, order {n}.",
+        ),
+    },
+    right_rules={
+        "refunds": ("Duplicate or leftover charges (paid twice, still charged after cancelling) go to refunds, not billing.",
+                    "Money taken twice or not given back after a cancellation belongs in refunds."),
+        "billing": ("Requests for invoices, receipts or tax lines go to billing, not refunds.",
+                    "Paperwork about a payment (an invoice, a receipt, the tax shown) belongs in billing."),
+        "returns": ("Items that arrived broken, wrong or not working go to returns, not shipping.",
+                    "Anything wrong with what was inside the parcel belongs in returns."),
+        "shipping": ("Parcels that are late, stuck in tracking or need a new address go to shipping, not returns.",
+                     "Where a parcel is or when it arrives belongs in shipping."),
+        "account": ("Sign-in trouble, locked profiles and email changes go to account, not technical.",
+                    "Who the customer is to the shop (signing in, the profile, its email) belongs in account."),
+        "technical": ("App crashes, error pages and slow pages go to technical, not account.",
+                      "Software that fails (a crash, an error code, a page that will not load) belongs in technical."),
+    },
+    wrong_rules={
+        "refunds": "Anything about a charge on the card goes to billing.",
+        "billing": "Any message about a payment goes to refunds.",
+        "returns": "Anything that mentions a delivery goes to shipping.",
+        "shipping": "A parcel that has not come as expected goes to returns.",
+        "account": "Any trouble using the site goes to technical.",
+        "technical": "Anything that happens while signed in goes to account.",
+    },
+    openers=(
+        "Route the support ticket to the right queue.",
+        "Read the customer message and answer with the queue that should handle it, as one lowercase word.",
+        "Classify the ticket into one of the support queues.",
+    ),
+    text_openers=(
+        "The data are short customer messages about orders; each is routed to one queue.",
+        "Each example is a support ticket about one order, labeled with the queue that handles it.",
+    ),
+    items=("lamp", "kettle", "jacket", "blender", "backpack", "monitor", "heater", "tent", "printer", "scooter", "camera", "speaker"),
+    numbers=(1000, 99999),
+)  # fmt: skip
+# Added after the first run on SHOP, and registered before its own first run
+# (helpdesk_preregistration.md): a held-out check of changes made after that run.
+HELPDESK = Domain(
+    name="helpdesk",
+    instruction="Route the help desk ticket to the right queue.",
+    partner={"email": "network", "network": "email", "printing": "hardware", "hardware": "printing", "accounts": "software",
+             "software": "accounts", "library": "facilities", "facilities": "library"},
+    templates={
+        "email": (
+            "Messages to my inbox stopped arriving {d} days ago, I sit in {item} room {n}.",
+            "My mail client keeps asking for the server password in {item} room {n}.",
+            "Mail I send from {item} room {n} bounces back after {d} minutes.",
+        ),
+        "network": (
+            "The wifi in {item} room {n} drops every {d} minutes.",
+            "I cannot reach any website from the wired port in {item} room {n}.",
+            "The VPN disconnects after {d} minutes when I work from {item} room {n}.",
+        ),
+        "printing": (
+            "The printer on floor {d} of {item} says my print quota is used up, job {n}.",
+            "My print job {n} is stuck in the queue for the {item} printer.",
+            "Color prints sent from {item} room {n} come out in black and white.",
+        ),
+        "hardware": (
+            "The monitor in {item} room {n} flickers and goes dark after {d} minutes.",
+            "The keyboard of lab machine {n} in {item} has {d} dead keys.",
+            "The projector in {item} room {n} will not turn on.",
+        ),
+        "accounts": (
+            "My campus password expired {d} days ago and the reset link fails, staff number {n}.",
+            "I need access to the shared drive for project {n} in {item}.",
+            "My student number {n} shows as disabled after {d} failed logins.",
+        ),
+        "software": (
+            "The statistics package on machine {n} in {item} crashes on start.",
+            "I need the design suite installed on lab machine {n} in {item}.",
+            "The licence for the maths program on machine {n} expired {d} days ago.",
+        ),
+        "library": (
+            "I cannot renew the {d} books on my card {n}.",
+            "The journal database says access denied from {item} room {n}.",
+            "Please book study room {n} in the {item} reading area for {d} hours.",
+        ),
+        "facilities": (
+            "The heating in {item} room {n} has been off for {d} days.",
+            "The door lock of {item} room {n} is broken.",
+            "The lights on floor {d} of {item} flicker all day, near room {n}.",
+        ),
+    },
+    right_rules={
+        "email": ("Mail that does not arrive, bounces or asks for the mail password goes to email, not network.",
+                  "Anything about sending or receiving mail belongs in email."),
+        "network": ("Wifi drops, dead wired ports and VPN trouble go to network, not email.",
+                    "Connections that drop or never come up belong in network."),
+        "printing": ("Print quotas, stuck print jobs and print settings go to printing, not hardware.",
+                     "Anything about a print job belongs in printing."),
+        "hardware": ("Broken monitors, keyboards and projectors go to hardware, not printing.",
+                     "Physical devices that fail belong in hardware."),
+        "accounts": ("Expired passwords, disabled logins and drive access go to accounts, not software.",
+                     "Who may log in and what they may open belongs in accounts."),
+        "software": ("Crashing programs, installs and licences go to software, not accounts.",
+                     "Programs on a machine (running, installing, licensing) belong in software."),
+        "library": ("Book renewals, journal access and study room bookings go to library, not facilities.",
+                    "Anything the library lends or books belongs in library."),
+        "facilities": ("Heating, locks and lights in buildings go to facilities, not library.",
+                       "The state of a building or room belongs in facilities."),
+    },
+    wrong_rules={
+        "email": "Anything that stops arriving goes to network.",
+        "network": "Any trouble reaching something online goes to email.",
+        "printing": "A printer that misbehaves is a device, so it goes to hardware.",
+        "hardware": "Any device fault in a shared room goes to printing.",
+        "accounts": "Any login problem is a software fault and goes to software.",
+        "software": "Anything tied to a user number goes to accounts.",
+        "library": "Any request about a room goes to facilities.",
+        "facilities": "Anything in a campus building goes to library.",
+    },
+    openers=(
+        "Route the help desk ticket to the right queue.",
+        "Read the request and answer with the help desk queue that should take it, as one lowercase word.",
+        "Sort the ticket into one of the help desk queues.",
+    ),
+    text_openers=(
+        "The data are short requests to a university help desk; each goes to one queue.",
+        "Each example is one help desk ticket from staff or students, labeled with the queue that takes it.",
+    ),
+    items=("Ashby", "Brook", "Carver", "Dalton", "Elm", "Fenwick", "Grove", "Harlow"),
+    numbers=(100, 9999),
+)  # fmt: skip
+DOMAINS = {"routing": SHOP, "helpdesk": HELPDESK}
+INPUT, OUTPUT = "ticket", "queue"
 
 
-def find_tickets(text: str) -> list[tuple[int, int, str, str]]:
+def find_tickets(domain: Domain, text: str) -> list[tuple[int, int, str, str]]:
     """(start, end, queue, ticket text) of every ticket in ``text``, in order."""
-    found = [(m.start(), m.end(), queue, m.group(0)) for queue, pattern in PATTERNS for m in pattern.finditer(text)]
+    found = [(m.start(), m.end(), queue, m.group(0)) for queue, pattern in domain.patterns for m in pattern.finditer(text)]
     return sorted(found)
 
 
@@ -157,26 +274,26 @@ def evidence(text: str, tickets: list[tuple[int, int, str, str]], skip: str | No
     return out
 
 
-def rules_in(text: str) -> tuple[set[str], set[str]]:
+def rules_in(domain: Domain, text: str) -> tuple[set[str], set[str]]:
     """Queues with a right rule in ``text``, and queues with a wrong rule and no right one."""
-    right = {q for q, sentences in RIGHT_RULES.items() if any(s in text for s in sentences)}
-    wrong = {q for q, sentence in WRONG_RULES.items() if sentence in text and q not in right}
+    right = {q for q, sentences in domain.right_rules.items() if any(s in text for s in sentences)}
+    wrong = {q for q, sentence in domain.wrong_rules.items() if sentence in text and q not in right}
     return right, wrong
 
 
-def rule_coverage(instruction: str) -> float:
-    """Share of the six queues whose right rule the instruction states (a wrong rule counts as none)."""
-    return len(rules_in(instruction)[0]) / len(QUEUES)
+def rule_coverage(domain: Domain, instruction: str) -> float:
+    """Share of the queues whose right rule the instruction states (a wrong rule counts as none)."""
+    return len(rules_in(domain, instruction)[0]) / len(domain.queues)
 
 
-def make_examples(n: int, seed: int) -> list[dict[str, str]]:
+def make_examples(domain: Domain, n: int, seed: int) -> list[dict[str, str]]:
     """``n`` distinct labeled tickets, queues balanced in expectation, drawn with ``seed``."""
-    rng = random.Random(f"routing-task-{seed}")
+    rng = random.Random(f"{domain.name}-task-{seed}")
     seen: set[str] = set()
     out: list[dict[str, str]] = []
     while len(out) < n:
-        queue = rng.choice(QUEUES)
-        text = rng.choice(TEMPLATES[queue]).format(n=rng.randint(1000, 99999), d=rng.randint(2, 14), item=rng.choice(ITEMS))
+        queue = rng.choice(domain.queues)
+        text = rng.choice(domain.templates[queue]).format(n=rng.randint(*domain.numbers), d=rng.randint(2, 14), item=rng.choice(domain.items))
         if text not in seen:
             seen.add(text)
             out.append({INPUT: text, OUTPUT: queue})
@@ -190,7 +307,8 @@ def is_correct(answer: Any, label: str) -> bool:
 class RoutingLM:
     """The responder: ``messages -> completion text`` (rules in the module docstring)."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, domain: Domain = SHOP, seed: int = 0):
+        self.domain = domain
         self.seed = seed
         self.kinds: Counter[str] = Counter()
         self._seen: Counter[str] = Counter()
@@ -211,7 +329,7 @@ class RoutingLM:
         system = next((_content(m) for m in messages if m.get("role") == "system"), "")
         text = "\n\n".join(f"[{m.get('role')}]\n{_content(m)}" for m in messages)
         names = output_fields(system) or [OUTPUT]
-        tickets = find_tickets(text)
+        tickets = find_tickets(self.domain, text)
         sample_key = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
         k = self._seen[sample_key]
         values: dict[str, str] = {}
@@ -230,14 +348,14 @@ class RoutingLM:
         return json.dumps(values)
 
     def _answer(self, text: str, last: str, tickets: list[tuple[int, int, str, str]]) -> str:
-        queries = find_tickets(last)
+        queries = find_tickets(self.domain, last)
         if not queries:
             self.plumbing["answer without a ticket"] += 1
             self.answer_probabilities.append(0.0)
             return "unknown"
         self.plumbing["answer with a ticket"] += 1
         _, _, queue, body = queries[-1]
-        right, wrong = rules_in(text)
+        right, wrong = rules_in(self.domain, text)
         shown = evidence(text, tickets, skip=body)[queue]
         if queue in right:
             p = 0.95 if shown else 0.90
@@ -248,27 +366,28 @@ class RoutingLM:
         self.answer_probabilities.append(p)
         if self._draw("answer", text) < p:
             return queue
+        partner = self.domain.partner[queue]
         if self._draw("answer-partner", text) < 0.8:
-            return PARTNER[queue]
-        others = [q for q in QUEUES if q not in (queue, PARTNER[queue])]
+            return partner
+        others = [q for q in self.domain.queues if q not in (queue, partner)]
         return others[int(self._draw("answer-other", text) * len(others))]
 
     def _write(self, kind: str, text: str, tickets: list[tuple[int, int, str, str]], k: int) -> str:
-        right, wrong = rules_in(text)
+        right, wrong = rules_in(self.domain, text)
         seen = evidence(text, tickets)
         self.plumbing[f"{kind} requests"] += 1
         self.plumbing[f"{kind} worked examples seen"] += sum(seen.values())
         self.plumbing[f"{kind} rules shown"] += len(right)
-        openers = OPENERS if kind == "instruction" else TEXT_OPENERS
+        openers = self.domain.openers if kind == "instruction" else self.domain.text_openers
         sentences = [openers[int(self._draw(kind, "opener", text, k) * len(openers))]]
-        for queue in QUEUES:
+        for queue in self.domain.queues:
             e = seen[queue]
             q_right = max(0.85 if queue in right else 0.0, min(0.75, 1 - 0.7**e))
             q_wrong = 0.0 if queue in right else (0.85 * 0.6**e if queue in wrong else 0.10)
             u = self._draw(kind, "rule", queue, text, k)
             if u < q_right:
-                phrasings = RIGHT_RULES[queue]
+                phrasings = self.domain.right_rules[queue]
                 sentences.append(phrasings[int(self._draw(kind, "phrasing", queue, text, k) * len(phrasings))])
             elif u < q_right + q_wrong:
-                sentences.append(WRONG_RULES[queue])
+                sentences.append(self.domain.wrong_rules[queue])
         return " ".join(sentences)

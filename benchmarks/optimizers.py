@@ -71,6 +71,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import _sim_lm
@@ -116,8 +117,12 @@ class Task:
 TASKS = {
     "animal": Task("animal", "the simulated 'which animal?' task", _sim_lm.INPUT, _sim_lm.OUTPUT, _sim_lm.INSTRUCTION,
                    _sim_lm.make_examples, _sim_lm.is_correct, lambda text: float(bool(_sim_lm.KEY.search(text))), _sim_lm.SimulatedLM),
-    "routing": Task("routing", "the simulated ticket-routing task", _sim_routing.INPUT, _sim_routing.OUTPUT, _sim_routing.INSTRUCTION,
-                    _sim_routing.make_examples, _sim_routing.is_correct, _sim_routing.rule_coverage, _sim_routing.RoutingLM),
+    **{
+        name: Task(name, f"the simulated {name} task", _sim_routing.INPUT, _sim_routing.OUTPUT, domain.instruction,
+                   partial(_sim_routing.make_examples, domain), _sim_routing.is_correct, partial(_sim_routing.rule_coverage, domain),
+                   partial(_sim_routing.RoutingLM, domain))
+        for name, domain in _sim_routing.DOMAINS.items()
+    },
 }  # fmt: skip
 
 logger = logging.getLogger("benchmarks.optimizers")

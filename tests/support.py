@@ -42,6 +42,8 @@ def instruction_sensitive_reply(messages: list[dict[str, Any]]) -> str:
     import re
 
     system, last = str(messages[0]["content"]), str(messages[-1]["content"])
+    if "[[ ## earlier_observations ## ]]" in last:
+        return "[[ ## observations ## ]]\nEach question asks about a number; the answer is a number.\n\n[[ ## completed ## ]]"
     if "[[ ## program_step ## ]]" in last:
         pick = int(hashlib.sha256(last.encode()).hexdigest(), 16) % len(PROPOSALS)
         return f"[[ ## instruction ## ]]\n{PROPOSALS[pick]}\n\n[[ ## completed ## ]]"
@@ -56,8 +58,8 @@ class InstructionSensitiveLM(ob.BaseLM):
 
     Task calls ("double N" in the chat format) are answered right when the system prompt says
     "twice", else only for even N. Proposer calls (a ``program_step`` field) return one of four
-    instructions chosen by a hash of the prompt, one of which says "twice". ``delay`` slows each
-    call, for tests that interrupt a compile. The same replies are served over HTTP by
+    instructions chosen by a hash of the prompt, one of which says "twice"; data-observation calls
+    get a fixed note. ``delay`` slows each call, for tests that interrupt a compile. The same replies are served over HTTP by
     ``instruction_sensitive_reply`` as an ``OpenAITestServer`` responder.
     """
 

@@ -280,7 +280,7 @@ def test_the_data_summary_says_when_labels_are_copied_out_of_an_input():
 
 
 def test_every_fully_scored_candidate_is_an_option_for_the_final_choice():
-    optimizer = _bayesian(full_eval_every=3, num_final=1)
+    optimizer = _bayesian(full_eval_every=3, num_final=1, seed=1)  # a seed whose periodic picks differ from the final one
     compiled = optimizer.compile(_program(InstructionSensitiveLM()), trainset=TRAIN, valset=DEV)
     attrs = optimizer.session.study.user_attrs
     labels = {v["label"]: v["score"] for k, v in attrs.items() if k.startswith("oobleck.full.")}

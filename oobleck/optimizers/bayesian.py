@@ -96,7 +96,7 @@ class Bayesian(Optimizer):
         periodic = (self.num_trials - 1) // self.full_eval_every if self.full_eval_every > 0 else 0
         full = min(self.num_trials, max(self.num_final, self.num_final + periodic - 1))
         adapter = prompt_adapter(program, self._proposer.prompt_lm)
-        proposals = self._proposer.planned_calls(adapter) * len(program.named_predictors())
+        proposals = self._proposer.planned_calls(adapter) * len(program.named_predictors()) + self._proposer.planned_observation_calls(adapter, n_train)
         extra = 0 if self._proposer.style_for(adapter) == "induction" else 150
         return [
             Phase("bootstrap demo sets", teacher_runs, demos=self.max_demos),

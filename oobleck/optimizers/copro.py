@@ -92,7 +92,8 @@ class COPRO(Optimizer):
         extra = 0 if proposer.style_for(adapter) == "induction" else 150
         return [
             Phase("baseline on dev", n_dev, demos=demos),
-            Phase("instruction proposals", proposer.planned_calls(adapter) * self.depth * len(predictors), demos=4, extra_prompt=extra),
+            Phase("instruction proposals", proposer.planned_calls(adapter) * self.depth * len(predictors) + proposer.planned_observation_calls(adapter, n_train),
+                  demos=4, extra_prompt=extra),
             Phase("candidates on dev", self.depth * len(predictors) * self.breadth * n_dev * 5 / 6, demos=demos),
         ]
 
@@ -100,14 +101,21 @@ class COPRO(Optimizer):
         evaluate = Evaluate(devset=valset, metric=self.metric, num_threads=self.num_threads, display_progress=False)
         return evaluate(candidate.apply(program)).score
 
+    def _observe(self, program: Module, trainset: list[Example]) -> str:
+        """The proposer's observations of the data, read once for every round ("" for LMs that cannot write them)."""
+        lm = self._prompt_lm or program.named_predictors()[0][1].resolve_lm()
+        proposer = InstructionProposer(self._prompt_lm, seed=self.seed)
+        return proposer.observe(lm, trainset) if proposer.style_for(lm.adapter) == "meta" else ""
+
     def _propose(self, program: Module, best: Candidate, name: str, trainset: list[Example],
-                 tried: list[tuple[str, float]], round_: int) -> list[str]:  # fmt: skip
+                 tried: list[tuple[str, float]], round_: int, observations: str) -> list[str]:  # fmt: skip
         """New instructions for ``name`` (not the current one), written with the earlier scores in view."""
         predictor = best.apply(program).predictor(name)
         proposer = InstructionProposer(self._prompt_lm, num_candidates=self.breadth + 1, seed=self.seed * 1000 + round_)
         shown = sorted(tried, key=lambda pair: pair[1])[-_HISTORY_SHOWN:]
         demo_sets = [{name: predictor.demos}] if predictor.demos else []
-        proposals = proposer.propose(_OnePredictor(name, predictor), trainset, demo_sets=demo_sets, history={name: shown})
+        proposals = proposer.propose(_OnePredictor(name, predictor), trainset, demo_sets=demo_sets, history={name: shown},
+                                     observations=observations)  # fmt: skip
         current = predictor.signature.instructions
         return [text for text in proposals.get(name, []) if text != current]
 
@@ -125,10 +133,13 @@ class COPRO(Optimizer):
                 best.score = baseline
                 for n in names:
                     history[n].append((best.instructions[n], baseline))
+                observations: str | None = None
                 for round_, name in [(r, n) for r in range(self.depth) for n in names]:
                     if (best.score or 0.0) >= 1.0:  # perfect on the dev set: no proposal can beat it
                         break
-                    best = self._ascend(steps, program, best, name, trainset, valset, history, round_)
+                    if observations is None:  # read once per run: a replayed step counts its spend each time it is read
+                        observations = steps.once("copro.observations", lambda: self._observe(program, trainset))
+                    best = self._ascend(steps, program, best, name, trainset, valset, history, round_, observations)
             except BudgetExceeded as exc:
                 session.stopped = str(exc)
                 logger.warning("compile stopped: %s; keeping the best instructions so far", exc)
@@ -145,10 +156,10 @@ class COPRO(Optimizer):
         return compiled
 
     def _ascend(self, steps: StepLoop, program: Module, best: Candidate, name: str, trainset: list[Example], valset: list[Example],
-                history: dict[str, list[tuple[str, float]]], round_: int) -> Candidate:  # fmt: skip
+                history: dict[str, list[tuple[str, float]]], round_: int, observations: str) -> Candidate:  # fmt: skip
         """One coordinate step: propose for ``name``, score each proposal, return the new best."""
         tried = history[name]
-        proposals = steps.once(f"copro.{round_}.{name}", lambda: self._propose(program, best, name, trainset, tried, round_))
+        proposals = steps.once(f"copro.{round_}.{name}", lambda: self._propose(program, best, name, trainset, tried, round_, observations))
         seen = {text for text, _ in tried}
         for text in proposals:
             if text in seen:  # scored before (maybe with other partners): not worth its calls again

@@ -18,6 +18,7 @@ subsets agree on it: the task's wording recurs, noise does not.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 from collections import Counter
@@ -55,6 +56,15 @@ _PROPOSE_INSTRUCTIONS = (
 )
 
 
+_OBSERVE_INSTRUCTIONS = (
+    "You study a labeled data set for a language-model program. Read the summary, the examples (inputs with their "
+    "correct outputs) and the observations made so far on other examples. Write what decides the correct output: the "
+    "rules behind the labels, the cases that are easy to get wrong, and the form of the output. Keep the earlier "
+    "observations that still hold. Reply with the observations only."
+)
+_OBSERVATION_BATCH = 10  # examples per observation call: enough to see a pattern, short enough to read closely
+
+
 def prompt_adapter(program: Module, prompt_lm: BaseLM | None) -> str | None:
     """The adapter the proposals' LM declares (for dry runs: None when no LM is configured yet)."""
     if prompt_lm is not None:
@@ -72,6 +82,21 @@ def _propose_signature() -> type[Signature]:
     return make_signature(
         "program_step, data_summary, examples, previous_instructions, tip -> instruction", _PROPOSE_INSTRUCTIONS, name="ProposeInstruction"
     )
+
+
+def _observe_signature() -> type[Signature]:
+    return make_signature("data_summary, examples, earlier_observations -> observations", _OBSERVE_INSTRUCTIONS, name="ObserveData")
+
+
+def _example_rows(examples: Sequence[Example]) -> str:
+    """Whole examples, inputs then labels, one per line (program-level: any predictor's proposal can use them)."""
+    rows = []
+    for ex in examples:
+        inputs = set(ex.input_keys or [])
+        ins = ", ".join(f"{k}={format_value(ex[k])!r}" for k in ex if k in inputs)
+        outs = ", ".join(f"{k}={format_value(ex[k])!r}" for k in ex if k not in inputs)
+        rows.append(f"{ins} -> {outs}")
+    return "\n".join(rows) or "none"
 
 
 def summarize_data(examples: Sequence[Example], limit: int = 400) -> str:
@@ -147,28 +172,36 @@ class InstructionProposer:
     for meta, 0.0 for induction, whose variety comes from the example subsets).
     ``induction_samples``: induction readings per predictor (default three per wanted
     candidate); candidates are the readings that at least two subsets agree on, most agreed
-    first (or the most agreed ones when none repeat).
+    first (or the most agreed ones when none repeat). ``observation_batches``: for the meta
+    style, the LM first reads up to this many batches of labeled examples, each time with the
+    observations so far, and writes what decides the labels; every proposal sees the result
+    next to the data summary (0: none). Rules a data set follows but no field states are found
+    this way once, instead of by each proposal from its own few examples.
     """
 
     def __init__(self, prompt_lm: BaseLM | None = None, *, num_candidates: int = 6, pool: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-                 style: str = "auto", temperature: float | None = None, induction_samples: int | None = None, seed: int = 0):  # fmt: skip
+                 style: str = "auto", temperature: float | None = None, induction_samples: int | None = None, observation_batches: int = 3,
+                 seed: int = 0):  # fmt: skip
         if style not in {"auto", "meta", "induction"}:
             raise ConfigurationError(f"InstructionProposer style must be 'auto', 'meta' or 'induction', not {style!r}")
         if num_candidates < 1:
             raise ConfigurationError("InstructionProposer needs num_candidates >= 1")
         if induction_samples is not None and induction_samples < 1:
             raise ConfigurationError("InstructionProposer needs induction_samples >= 1")
+        if observation_batches < 0:
+            raise ConfigurationError("InstructionProposer needs observation_batches >= 0")
         self.prompt_lm = prompt_lm
         self.num_candidates = num_candidates
         self.pool = pool
         self.style = style
         self.temperature = temperature
         self.induction_samples = induction_samples
+        self.observation_batches = observation_batches
         self.seed = seed
 
     def settings(self) -> dict[str, Any]:
         return {"num_candidates": self.num_candidates, "style": self.style, "temperature": self.temperature,
-                "induction_samples": self.induction_samples, "seed": self.seed,
+                "induction_samples": self.induction_samples, "observation_batches": self.observation_batches, "seed": self.seed,
                 "prompt_lm": self.prompt_lm.describe()["model"] if self.prompt_lm is not None else None,
                 "pool": self.pool if self.pool is None or isinstance(self.pool, Mapping) else list(self.pool)}  # fmt: skip
 
@@ -185,6 +218,31 @@ class InstructionProposer:
             return float(self._induction_samples(self.num_candidates - 1))
         return 1.25 * (self.num_candidates - 1)
 
+    def planned_observation_calls(self, lm_adapter: str | None, n_train: int) -> int:
+        """Observation calls per ``propose`` (once for the whole program), for dry runs."""
+        if self.style_for(lm_adapter) == "induction":
+            return 0
+        return min(self.observation_batches, math.ceil(n_train / _OBSERVATION_BATCH))
+
+    def observe(self, lm: BaseLM, trainset: Sequence[Example]) -> str:
+        """What the LM finds decides the labels, read over up to ``observation_batches`` batches ("" when none)."""
+        rng = random.Random(f"{self.seed}-observe")
+        order = rng.sample(list(trainset), len(trainset))
+        summary = summarize_data(trainset)
+        notes = ""
+        for i in range(min(self.observation_batches, math.ceil(len(order) / _OBSERVATION_BATCH))):
+            batch = order[i * _OBSERVATION_BATCH : (i + 1) * _OBSERVATION_BATCH]
+            try:
+                observer = Predict(_observe_signature(), lm=lm, temperature=0.0, rollout_id=f"observe-{self.seed}-{i}")
+                text = observer(data_summary=summary, examples=_example_rows(batch), earlier_observations=notes or "none yet").observations
+            except BudgetExceeded:
+                raise
+            except OobleckError as exc:  # the proposals still have the computed summary
+                logger.warning("data observation %d failed (%s); keeping the observations so far", i, exc)
+                break
+            notes = _clean(text) or notes
+        return notes
+
     def style_for(self, adapter: str | None) -> str:
         """The prompt style used for an LM that declares ``adapter``."""
         if self.style != "auto":
@@ -195,19 +253,23 @@ class InstructionProposer:
         return self.induction_samples if self.induction_samples is not None else 3 * max(room, 0)
 
     def propose(self, program: Module, trainset: Sequence[Example], *, demo_sets: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]] = (),
-                history: Mapping[str, Sequence[tuple[str, float]]] | None = None) -> dict[str, list[str]]:  # fmt: skip
+                history: Mapping[str, Sequence[tuple[str, float]]] | None = None, observations: str | None = None) -> dict[str, list[str]]:  # fmt: skip
         """Instruction candidates per predictor name, deduplicated, the current instruction first.
 
         ``demo_sets``: candidate demo sets (by predictor name) to show as examples; the labeled
         trainset fills in when a predictor has none. ``history``: earlier (instruction, score)
-        pairs per predictor.
+        pairs per predictor. ``observations``: from an earlier ``observe`` (a caller proposing
+        several times reads the data once); by default they are made here, for the meta style.
         """
         rng = random.Random(self.seed)
-        summary = summarize_data(trainset)
+        computed = summarize_data(trainset)
         out: dict[str, list[str]] = {}
         for name, predictor in program.named_predictors():
             lm = self.prompt_lm or predictor.resolve_lm()
             style = self.style_for(lm.adapter)
+            if style == "meta" and observations is None:
+                observations = self.observe(lm, trainset)
+            summary = f"{computed}\nobservations: {observations}" if observations else computed
             current = predictor.signature.instructions
             found = [current, *self._user_pool(name)]
             sets = [list(s.get(name, [])) for s in demo_sets if s.get(name)]
