@@ -8,7 +8,8 @@ carry, and search, feedback and accumulation can matter. Its rules were fixed an
 (with ``benchmarks/routing_preregistration.md``) before the first comparison run.
 
 The task: a customer message about an order goes to one of six queues. Three pairs are easy to
-confuse, and the company's policy decides each pair::
+confuse, and the company's policy decides each pair (the ``SHOP`` domain; ``HELPDESK``, a
+university help desk with eight queues in four pairs, follows the same rules)::
 
     refunds    duplicate or leftover charges         (a naive reader says billing)
     billing    invoices, receipts, tax lines         (a naive reader says refunds)

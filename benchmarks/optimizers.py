@@ -1,9 +1,9 @@
 """Optimizers side by side: oobleck vs DSPy on one task, one simulated LM server, one metric.
 
-Two simulated tasks (``--task``): ``animal`` (the default, described below; ``_sim_lm.py``)
-and ``routing`` (``_sim_routing.py``: six routing rules to find, so optimizers do not all reach
-the ceiling; its rules and this benchmark's settings were registered in
-``routing_preregistration.md`` before its first run). ``--plumbing`` compiles once per
+Simulated tasks (``--task``): ``animal`` (the default, described below; ``_sim_lm.py``),
+``routing`` and ``helpdesk`` (``_sim_routing.py``: six or eight routing rules to find, so
+optimizers do not all reach the ceiling; each was registered, with this benchmark's settings,
+in ``<task>_preregistration.md`` before its first run). ``--plumbing`` compiles once per
 optimizer on seed 1000 and prints only what the simulator parsed, no scores.
 
 What it measures: for each optimizer, the held-out (test) score of the compiled program, the
