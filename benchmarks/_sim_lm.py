@@ -226,15 +226,25 @@ class SimulatedLM:
         digest = hashlib.blake2b("\x1f".join(str(p) for p in (self.seed, *parts)).encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") / 2**64
 
+    output = OUTPUT  # the answer field; any other field is writing (sampled)
+
     def __call__(self, messages: list[dict[str, Any]]) -> str:
         system = next((_content(m) for m in messages if m.get("role") == "system"), "")
         text = "\n\n".join(f"[{m.get('role')}]\n{_content(m)}" for m in messages)
         last = _content(messages[-1]) if messages else ""
-        names = output_fields(system) or [OUTPUT]
+        names = output_fields(system) or [self.output]
+        sample_key = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        values = self._values(text, last, names, self._seen[sample_key])
+        if any(n != self.output for n in names):
+            self._seen[sample_key] += 1
+        if "[[ ## completed ## ]]" in system:
+            return "\n\n".join(f"[[ ## {n} ## ]]\n{v}" for n, v in values.items()) + "\n\n[[ ## completed ## ]]"
+        return json.dumps(values)
+
+    def _values(self, text: str, last: str, names: list[str], k: int) -> dict[str, str]:
+        """One value per output field; ``k`` counts earlier identical writing requests."""
         sentences = parse_sentences(text)
         worked = worked_examples(text, sentences)
-        sample_key = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        k = self._seen[sample_key]
         values: dict[str, str] = {}
         for name in names:
             if name == OUTPUT:
@@ -246,11 +256,7 @@ class SimulatedLM:
             else:
                 self.kinds["text"] += 1
                 values[name] = self._text(text, worked, k)
-        if any(n != OUTPUT for n in names):
-            self._seen[sample_key] += 1
-        if "[[ ## completed ## ]]" in system:
-            return "\n\n".join(f"[[ ## {n} ## ]]\n{v}" for n, v in values.items()) + "\n\n[[ ## completed ## ]]"
-        return json.dumps(values)
+        return values
 
     # -- the three kinds of output -----------------------------------------------------------
 

@@ -52,8 +52,6 @@ earlier identical requests for writing (sampled: asking again gives a fresh samp
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
 from collections import Counter
@@ -61,7 +59,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from _sim_lm import _content, output_fields
+from _sim_lm import SimulatedLM
 
 
 @dataclass(frozen=True)
@@ -305,48 +303,31 @@ def is_correct(answer: Any, label: str) -> bool:
     return str(answer).strip().strip(".'\"").lower() == label
 
 
-class RoutingLM:
-    """The responder: ``messages -> completion text`` (rules in the module docstring)."""
+class RoutingLM(SimulatedLM):
+    """The responder: ``messages -> completion text`` (rules in the module docstring).
+
+    It keeps the animal simulator's counters and draws and answers by this module's rules;
+    ``plumbing`` counts what the prompts held (queries found, evidence and rules seen), no scores.
+    """
 
     def __init__(self, domain: Domain = SHOP, seed: int = 0):
+        super().__init__(seed)
         self.domain = domain
-        self.seed = seed
-        self.kinds: Counter[str] = Counter()
-        self._seen: Counter[str] = Counter()
-        self.answer_probabilities: list[float] = []
-        # plumbing counters (no scores): answers whose query was found, evidence seen when writing
-        self.plumbing: Counter[str] = Counter()
 
-    def reset_counts(self) -> None:
-        self.kinds.clear()
-        self._seen.clear()
-        self.answer_probabilities = []
+    output = OUTPUT
 
-    def _draw(self, *parts: Any) -> float:
-        digest = hashlib.blake2b("\x1f".join(str(p) for p in (self.seed, *parts)).encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") / 2**64
-
-    def __call__(self, messages: list[dict[str, Any]]) -> str:
-        system = next((_content(m) for m in messages if m.get("role") == "system"), "")
-        text = "\n\n".join(f"[{m.get('role')}]\n{_content(m)}" for m in messages)
-        names = output_fields(system) or [OUTPUT]
+    def _values(self, text: str, last: str, names: list[str], k: int) -> dict[str, str]:
         tickets = find_tickets(self.domain, text)
-        sample_key = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        k = self._seen[sample_key]
         values: dict[str, str] = {}
         for name in names:
             if name == OUTPUT:
                 self.kinds["answer"] += 1
-                values[name] = self._answer(text, _content(messages[-1]) if messages else "", tickets)
+                values[name] = self._answer(text, last, tickets)
             else:
                 kind = "instruction" if "instruction" in name else "text"
                 self.kinds[kind] += 1
                 values[name] = self._write(kind, text, tickets, k)
-        if any(n != OUTPUT for n in names):
-            self._seen[sample_key] += 1
-        if "[[ ## completed ## ]]" in system:
-            return "\n\n".join(f"[[ ## {n} ## ]]\n{v}" for n, v in values.items()) + "\n\n[[ ## completed ## ]]"
-        return json.dumps(values)
+        return values
 
     def _answer(self, text: str, last: str, tickets: list[tuple[int, int, str, str]]) -> str:
         queries = find_tickets(self.domain, last)
