@@ -1,9 +1,10 @@
 """``InstructionProposer``: instruction candidates per predictor, written by a prompt LM.
 
 A proposal sees what a careful prompt engineer would look at: the predictor's fields and
-current instruction, a summary of the data (computed, not asked of an LM: it is free and
-deterministic), demos that worked (bootstrapped traces), and earlier instructions with their
-scores. Each proposal draws a different demo set and a different writing tip, and is sampled at
+current instruction, a summary of the data (its shape computed, free and deterministic; what
+decides the labels observed by the LM once, over a few batches of examples, so a rule found in
+many examples reaches every proposal), demos that worked (bootstrapped traces), and earlier
+instructions with their scores. Each proposal draws a different demo set and a different writing tip, and is sampled at
 a temperature with its own rollout id, so the candidates differ while staying cacheable.
 
 Small local models cannot follow that long meta-prompt; for LMs that declare the compact
