@@ -68,7 +68,6 @@ import random
 import statistics
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -292,7 +291,7 @@ def plumbing_check(task: Task, latency: float) -> None:
         for framework, name in PLAN:
             sim.seed = 1000
             sim.reset_counts()
-            sim.plumbing = Counter()
+            sim.plumbing.clear()
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 runners[framework](name, 1000, data, None)
             console.print(f"{framework:8} {name:17} {dict(sim.kinds)} {dict(sim.plumbing)}")

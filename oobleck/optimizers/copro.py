@@ -104,8 +104,7 @@ class COPRO(Optimizer):
     def _observe(self, program: Module, trainset: list[Example]) -> str:
         """The proposer's observations of the data, read once for every round ("" for LMs that cannot write them)."""
         lm = self._prompt_lm or program.named_predictors()[0][1].resolve_lm()
-        proposer = InstructionProposer(self._prompt_lm, seed=self.seed)
-        return proposer.observe(lm, trainset) if proposer.style_for(lm.adapter) == "meta" else ""
+        return InstructionProposer(self._prompt_lm, seed=self.seed).observe(lm, trainset)
 
     def _propose(self, program: Module, best: Candidate, name: str, trainset: list[Example],
                  tried: list[tuple[str, float]], round_: int, observations: str) -> list[str]:  # fmt: skip
@@ -133,12 +132,11 @@ class COPRO(Optimizer):
                 best.score = baseline
                 for n in names:
                     history[n].append((best.instructions[n], baseline))
-                observations: str | None = None
+                # once per run, before the rounds (a perfect baseline has no rounds to read them for)
+                observations = steps.once("copro.observations", lambda: self._observe(program, trainset)) if (best.score or 0.0) < 1.0 else ""
                 for round_, name in [(r, n) for r in range(self.depth) for n in names]:
                     if (best.score or 0.0) >= 1.0:  # perfect on the dev set: no proposal can beat it
                         break
-                    if observations is None:  # read once per run: a replayed step counts its spend each time it is read
-                        observations = steps.once("copro.observations", lambda: self._observe(program, trainset))
                     best = self._ascend(steps, program, best, name, trainset, valset, history, round_, observations)
             except BudgetExceeded as exc:
                 session.stopped = str(exc)

@@ -4,8 +4,9 @@ A proposal sees what a careful prompt engineer would look at: the predictor's fi
 current instruction, a summary of the data (its shape computed, free and deterministic; what
 decides the labels observed by the LM once, over a few batches of examples, so a rule found in
 many examples reaches every proposal), demos that worked (bootstrapped traces), and earlier
-instructions with their scores. Each proposal draws a different demo set and a different writing tip, and is sampled at
-a temperature with its own rollout id, so the candidates differ while staying cacheable.
+instructions with their scores. Each proposal draws a different demo set and a different
+writing tip, and is sampled at a temperature with its own rollout id, so the candidates differ
+while staying cacheable.
 
 Small local models cannot follow that long meta-prompt; for LMs that declare the compact
 prompt format (the bundled demo model) the proposer uses the instruction-induction prompt
@@ -225,11 +226,17 @@ class InstructionProposer:
             return 0
         return min(self.observation_batches, math.ceil(n_train / _OBSERVATION_BATCH))
 
-    def observe(self, lm: BaseLM, trainset: Sequence[Example]) -> str:
-        """What the LM finds decides the labels, read over up to ``observation_batches`` batches ("" when none)."""
+    def observe(self, lm: BaseLM, trainset: Sequence[Example], summary: str | None = None) -> str:
+        """What the LM finds decides the labels, read over up to ``observation_batches`` batches.
+
+        "" when there are none to read or ``lm`` gets the induction style (it cannot write them).
+        ``summary``: ``summarize_data(trainset)``, when the caller has it already.
+        """
+        if self.style_for(lm.adapter) != "meta":
+            return ""
         rng = random.Random(f"{self.seed}-observe")
         order = rng.sample(list(trainset), len(trainset))
-        summary = summarize_data(trainset)
+        summary = summarize_data(trainset) if summary is None else summary
         notes = ""
         for i in range(min(self.observation_batches, math.ceil(len(order) / _OBSERVATION_BATCH))):
             batch = order[i * _OBSERVATION_BATCH : (i + 1) * _OBSERVATION_BATCH]
@@ -269,7 +276,7 @@ class InstructionProposer:
             lm = self.prompt_lm or predictor.resolve_lm()
             style = self.style_for(lm.adapter)
             if style == "meta" and observations is None:
-                observations = self.observe(lm, trainset)
+                observations = self.observe(lm, trainset, computed)
             summary = f"{computed}\nobservations: {observations}" if observations else computed
             current = predictor.signature.instructions
             found = [current, *self._user_pool(name)]
