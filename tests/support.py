@@ -34,6 +34,16 @@ def doubling_dataset(numbers: Sequence[Any]) -> list[ob.Example]:
 
 
 PROPOSALS = ("Answer the question.", "Return twice the number in the question.", "Reply with a number.", "Be helpful.")
+REFINEMENT = "Answer with digits only."
+
+
+def scored_history(prompt: str) -> list[tuple[float, str]]:
+    """The (score, instruction) pairs a proposal prompt shows as earlier instructions, in the order shown."""
+    import re
+
+    shown = re.search(r"\[\[ ## previous_instructions ## \]\]\n(.*?)\n\n\[\[", prompt, re.DOTALL)
+    pairs = [line.split(": ", 1) for line in (shown.group(1).splitlines() if shown else [])]
+    return [(float(score), text) for score, text, *_ in (pair for pair in pairs if len(pair) == 2)]
 
 
 def instruction_sensitive_reply(messages: list[dict[str, Any]]) -> str:
@@ -45,6 +55,9 @@ def instruction_sensitive_reply(messages: list[dict[str, Any]]) -> str:
     if "[[ ## earlier_observations ## ]]" in last:
         return "[[ ## observations ## ]]\nEach question asks about a number; the answer is a number.\n\n[[ ## completed ## ]]"
     if "[[ ## program_step ## ]]" in last:
+        scored = [text for _, text in scored_history(last)]
+        if scored:  # a refinement: the best shown (listed last) with one more sentence
+            return f"[[ ## instruction ## ]]\n{scored[-1]} {REFINEMENT}\n\n[[ ## completed ## ]]"
         pick = int(hashlib.sha256(last.encode()).hexdigest(), 16) % len(PROPOSALS)
         return f"[[ ## instruction ## ]]\n{PROPOSALS[pick]}\n\n[[ ## completed ## ]]"
     question = re.findall(r"\[\[ ## question ## \]\]\n(.*)", last)[-1].strip()
@@ -58,7 +71,8 @@ class InstructionSensitiveLM(ob.BaseLM):
 
     Task calls ("double N" in the chat format) are answered right when the system prompt says
     "twice", else only for even N. Proposer calls (a ``program_step`` field) return one of four
-    instructions chosen by a hash of the prompt, one of which says "twice"; data-observation calls
+    instructions chosen by a hash of the prompt, one of which says "twice", or, when shown earlier
+    instructions with scores, the best of them with ``REFINEMENT`` added; data-observation calls
     get a fixed note. ``delay`` slows each call, for tests that interrupt a compile. The same replies are served over HTTP by
     ``instruction_sensitive_reply`` as an ``OpenAITestServer`` responder.
     """

@@ -189,8 +189,9 @@ def test_the_program_as_given_is_trial_0_on_a_minibatch_not_a_full_dev_pass():
     batch = [DEV[i] for i in optimizer._minibatch(len(DEV), 0)]
     evens = sum(int(ex.question.split()[-1]) % 2 == 0 for ex in batch) / len(batch)
     assert info["scores"]["baseline"] == pytest.approx(evens) and info["scores"]["baseline_examples"] == len(batch)
-    full_passes = [k for k in optimizer.session.study.user_attrs if k.startswith("oobleck.full.")]
-    assert len(full_passes) == 1  # the winner only: the baseline beat nothing it was compared on
+    full_passes = [v["label"] for k, v in optimizer.session.study.user_attrs.items() if k.startswith("oobleck.full.")]
+    # the winner and its one refinement only: the baseline beat nothing it was compared on
+    assert len(full_passes) == 2 and full_passes[1].startswith("refinement 0 of ") and "self: i0 d0" not in full_passes
 
 
 def _crafted_study_choice(baseline_right, budget=None):

@@ -51,8 +51,9 @@ def _discrete(metric: Callable[..., Any] | str, trainset_size: int, devset_size:
         return BootstrapFewShot(metric, max_demos=max_demos, num_threads=num_threads, seed=seed)
     calls = budget.max_lm_calls if budget is not None else None
     minibatch = min(25, dev)
-    # Setup (bootstraps, proposals, the baseline) takes about 2 dev passes; trials get the rest.
-    trials = 24 if calls is None else max(6, min(40, (calls - 5 * dev) // max(minibatch, 1)))
+    # Setup (bootstraps, proposals, the baseline) takes about 2 dev passes and the final choice 4
+    # (the top 3 and one refinement); trials get the rest.
+    trials = 24 if calls is None else max(6, min(40, (calls - 6 * dev) // max(minibatch, 1)))
     if trainset_size < 40 and calls is not None and trials < 8:
         return RandomSearch(metric, num_candidates=4, max_demos=max_demos, num_threads=num_threads, seed=seed, display_progress=False)
     return Bayesian(metric, num_trials=int(trials), minibatch_size=minibatch, max_demos=max_demos, budget=budget,

@@ -13,6 +13,12 @@ fully scored and the best fully scored one wins, unless it does worse than the p
 given on the examples both were scored on: then the baseline is fully scored too and kept if
 it is at least as good, so the result is never worse than the baseline on what was measured.
 
+Between the trials and that choice, a meta-style proposer writes ``num_refinements`` more
+instructions per predictor, shown the best-ranked instructions with their scores (OPRO-style):
+the proposals of setup each find part of what the task needs, and a writer that sees the best
+of them side by side can keep all of it. Each refinement, with the best combination's demos,
+is fully scored beside the top ``num_final``.
+
 Everything lives in a ``CompileSession``: trials resume after a crash, several workers can
 share one study, and the budget covers setup, trials and full evaluations. One seed drives
 every random choice; the sampler of trial ``i`` is seeded from (seed, i), so a resumed run
@@ -50,12 +56,14 @@ class Bayesian(Optimizer):
 
     def __init__(self, metric: Callable[..., Any] | str, *, num_trials: int = 24, num_instructions: int = 6, num_demo_sets: int = 6,
                  max_demos: int = 4, max_labeled_demos: int = 0, minibatch_size: int = 25, full_eval_every: int = 8,
-                 num_final: int = 3, prompt_lm: BaseLM | None = None, proposer: InstructionProposer | None = None,
+                 num_final: int = 3, num_refinements: int = 1, prompt_lm: BaseLM | None = None, proposer: InstructionProposer | None = None,
                  instructions: Sequence[str] | Mapping[str, Sequence[str]] | None = None, pruning: bool = True,
                  budget: Budget | None = None, storage: Any = None, study: str | None = None, exclusive: bool = True,
                  num_threads: int = 8, seed: int = 0, display_progress: bool = False):  # fmt: skip
         if num_trials < 1:
             raise ConfigurationError("Bayesian needs num_trials >= 1")
+        if num_refinements < 0:
+            raise ConfigurationError(f"Bayesian needs num_refinements >= 0, got {num_refinements}")
         self.metric = get_metric(metric)
         self.num_trials = num_trials
         self.num_instructions = num_instructions
@@ -65,6 +73,7 @@ class Bayesian(Optimizer):
         self.minibatch_size = minibatch_size
         self.full_eval_every = full_eval_every
         self.num_final = num_final
+        self.num_refinements = num_refinements
         self.pruning = pruning
         self.seed = seed
         self.num_threads = num_threads
@@ -96,14 +105,23 @@ class Bayesian(Optimizer):
         periodic = (self.num_trials - 1) // self.full_eval_every if self.full_eval_every > 0 else 0
         full = min(self.num_trials, max(self.num_final, self.num_final + periodic - 1))
         adapter = prompt_adapter(program, self._proposer.prompt_lm)
-        proposals = self._proposer.planned_calls(adapter) * len(program.named_predictors()) + self._proposer.planned_observation_calls(adapter, n_train)
+        predictors = len(program.named_predictors())
+        proposals = self._proposer.planned_calls(adapter) * predictors + self._proposer.planned_observation_calls(adapter, n_train)
         extra = 0 if self._proposer.style_for(adapter) == "induction" else 150
-        return [
+        refinements = self._refinements(adapter)
+        phases = [
             Phase("bootstrap demo sets", teacher_runs, demos=self.max_demos),
             Phase("instruction proposals", proposals, demos=4, extra_prompt=extra),
             Phase("trials (minibatches; trial 0 is the baseline)", self.num_trials * min(self.minibatch_size, n_dev), demos=mean_demos),
-            Phase("full dev evaluations", full * n_dev, demos=mean_demos),
         ]
+        if refinements:  # the scored instructions they are shown make their prompts longer
+            phases.append(Phase("refined instructions", 1.25 * refinements * predictors, demos=4, extra_prompt=extra + 100))
+        phases.append(Phase("full dev evaluations", (full + refinements) * n_dev, demos=mean_demos))
+        return phases
+
+    def _refinements(self, adapter: str | None) -> int:
+        """Refined instructions per predictor: none for induction-style proposers, which cannot read scored candidates."""
+        return self.num_refinements if self._proposer.style_for(adapter) == "meta" else 0
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -123,8 +141,50 @@ class Bayesian(Optimizer):
     def _setup(self, program: Module, trainset: list[Example]) -> dict[str, Any]:
         student = program.reset_copy()
         demo_sets = self._demo_sets(student, trainset)
-        instructions = self._proposer.propose(student, trainset, demo_sets=[c.demos for c in demo_sets[2:]] or [c.demos for c in demo_sets])
-        return {"demo_sets": [{"source": c.source, "demos": c.demos} for c in demo_sets], "instructions": instructions}
+        observations = self._observations(student, trainset)
+        instructions = self._proposer.propose(student, trainset, demo_sets=[c.demos for c in demo_sets[2:]] or [c.demos for c in demo_sets],
+                                              observations=observations)  # fmt: skip
+        return {"demo_sets": [{"source": c.source, "demos": c.demos} for c in demo_sets], "instructions": instructions,
+                "observations": observations}  # fmt: skip
+
+    def _observations(self, student: Module, trainset: list[Example]) -> str:
+        """The proposer's reading of the data, made once for the setup's proposals and the refinements."""
+        predictors = student.named_predictors()
+        if not predictors:
+            return ""
+        return self._proposer.observe(self._proposer.prompt_lm or predictors[0][1].resolve_lm(), trainset)
+
+    def _refine(self, program: Module, setup: dict[str, Any], names: list[str], trainset: list[Example],
+                ranked: list[_Evidence]) -> dict[str, list[str]]:  # fmt: skip
+        """New instructions per predictor, written from the best-ranked ones and their scores (see the module docstring)."""
+        best = self._candidate(setup, ranked[0].params, names)
+        student = best.apply(program.reset_copy())  # the best instructions are shown as the current ones
+        history: dict[str, list[tuple[str, float]]] = {}
+        for n in names:
+            estimates: dict[int, float] = {}
+            for group in ranked:  # best first: an instruction's first group is its best estimate
+                estimates.setdefault(int(group.params[f"{n}.instruction"]), group.estimate)
+            top = sorted(estimates.items(), key=lambda kv: (-kv[1], kv[0]))[:_REFINE_SHOWN]
+            history[n] = [(setup["instructions"][n][i], score) for i, score in reversed(top)]  # ascending: the best last
+        shown = [best.demos] if any(best.demos.values()) else [s["demos"] for s in setup["demo_sets"][2:]]
+        proposals = self._proposer.propose(student, trainset, demo_sets=shown, history=history, observations=setup.get("observations"),
+                                           count=self.num_refinements)  # fmt: skip
+        return {n: [t for t in proposals.get(n, []) if t not in setup["instructions"][n]][: self.num_refinements] for n in names}
+
+    def _refined(self, setup: dict[str, Any], names: list[str], ranked: list[_Evidence],
+                 refined: Mapping[str, Sequence[str]]) -> list[tuple[str, Candidate]]:  # fmt: skip
+        """(study key, candidate) per refinement: its instructions with the best combination's demos."""
+        if not ranked or not refined:
+            return []
+        params = ranked[0].params
+        best = self._candidate(setup, params, names)
+        out = []
+        for r in range(max((len(refined.get(n, [])) for n in names), default=0)):
+            instructions = {n: refined[n][r] if r < len(refined.get(n, [])) else best.instructions[n] for n in names}
+            label = f"refinement {r} of {best.source}"
+            key = candidate_key({"refinement": instructions, "params": params})
+            out.append((key, Candidate(instructions=instructions, demos=best.demos, source=label)))
+        return out
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -190,6 +250,7 @@ class Bayesian(Optimizer):
         self.session = session
         scores: dict[str, Any] = {}
         setup: dict[str, Any] | None = None
+        refined: dict[str, list[str]] = {}
         with session:
             try:
                 setup = session.shared("setup", lambda: self._setup(program, trainset))
@@ -198,10 +259,13 @@ class Bayesian(Optimizer):
                     distributions[f"{n}.instruction"] = optuna.distributions.CategoricalDistribution(list(range(len(setup["instructions"][n]))))
                     distributions[f"{n}.demos"] = optuna.distributions.CategoricalDistribution(list(range(len(setup["demo_sets"]))))
                 self._search(session, program, setup, names, distributions, valset)
+                ranked = self._ranked(session)
+                if ranked and self._refinements(prompt_adapter(program, self._proposer.prompt_lm)):
+                    refined = session.shared("refined", lambda: self._refine(program, setup, names, trainset, ranked))
             except BudgetExceeded as exc:
                 session.stopped = str(exc)
                 logger.warning("compile stopped: %s; keeping the best candidate so far", exc)
-            chosen, full_scores = self._choose(session, program, setup, names, valset)
+            chosen, full_scores = self._choose(session, program, setup, names, valset, refined)
             scores.update(self._baseline_scores(session, names))
         if chosen is None:
             chosen = Candidate.from_program(program, source="program (nothing was scored within the budget)")
@@ -211,6 +275,9 @@ class Bayesian(Optimizer):
         for record in session.records():
             shown = self._candidate(setup, record.params, names) if setup is not None and len(record.params) == 2 * len(names) else Candidate()
             candidates.append(Candidate(shown.instructions, shown.demos, score=record.score, cost=_logical(record.spend), source=record.label))
+        if setup is not None:
+            for _, candidate in self._refined(setup, names, self._ranked(session), refined):
+                candidates.append(Candidate(candidate.instructions, candidate.demos, score=full_scores.get(candidate.source), source=candidate.source))
         info = self._provenance(program, seed=self.seed, trainset=trainset, valset=valset, scores=scores, candidates=candidates,
                                 usage=_usage_of(session), metric=self.metric)  # fmt: skip
         info.update(session.provenance())
@@ -306,8 +373,8 @@ class Bayesian(Optimizer):
         return {"baseline": group.mean, "baseline_examples": len(group.rows)}
 
     def _choose(self, session: CompileSession, program: Module, setup: dict[str, Any] | None, names: list[str],
-                valset: list[Example]) -> tuple[Candidate | None, dict[str, float]]:  # fmt: skip
-        """Fully score the top combinations and return the best, never worse than the baseline on what was measured."""
+                valset: list[Example], refined: Mapping[str, Sequence[str]] | None = None) -> tuple[Candidate | None, dict[str, float]]:  # fmt: skip
+        """Fully score the top combinations and the refinements; the best wins, never worse than the baseline on what was measured."""
         if setup is None:
             return None, {}
         ranked = self._ranked(session)
@@ -316,8 +383,9 @@ class Bayesian(Optimizer):
         scored: dict[str, Candidate] = {}
 
         def full(group: _Evidence) -> bool:
-            key = candidate_key(group.params)
-            candidate = self._candidate(setup, group.params, names)
+            return score(candidate_key(group.params), self._candidate(setup, group.params, names))
+
+        def score(key: str, candidate: Candidate) -> bool:
             try:
                 score = self._full(session, program, candidate, valset, key)
             except BudgetExceeded as exc:
@@ -330,6 +398,10 @@ class Bayesian(Optimizer):
         for group in ranked[: self.num_final]:
             if not full(group):
                 break
+        else:
+            for key, candidate in self._refined(setup, names, ranked, refined or {}):
+                if not score(key, candidate):
+                    break
         stored = session.study.user_attrs
         for group in ranked[self.num_final :]:  # fully scored earlier (every ``full_eval_every`` trials): free evidence
             if f"oobleck.full.{candidate_key(group.params)}" in stored:
@@ -356,6 +428,9 @@ class Bayesian(Optimizer):
         if baseline_key in scored and (scored[baseline_key].score or 0.0) >= (scored[best_key].score or 0.0):
             best_key = baseline_key  # the search found nothing better than the program as given
         return scored[best_key], full_scores
+
+
+_REFINE_SHOWN = 4  # best-ranked instructions a refinement sees, with their scores
 
 
 class _Evidence:

@@ -261,13 +261,16 @@ class InstructionProposer:
         return self.induction_samples if self.induction_samples is not None else 3 * max(room, 0)
 
     def propose(self, program: Module, trainset: Sequence[Example], *, demo_sets: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]] = (),
-                history: Mapping[str, Sequence[tuple[str, float]]] | None = None, observations: str | None = None) -> dict[str, list[str]]:  # fmt: skip
+                history: Mapping[str, Sequence[tuple[str, float]]] | None = None, observations: str | None = None,
+                count: int | None = None) -> dict[str, list[str]]:  # fmt: skip
         """Instruction candidates per predictor name, deduplicated, the current instruction first.
 
         ``demo_sets``: candidate demo sets (by predictor name) to show as examples; the labeled
         trainset fills in when a predictor has none. ``history``: earlier (instruction, score)
         pairs per predictor. ``observations``: from an earlier ``observe`` (a caller proposing
         several times reads the data once); by default they are made here, for the meta style.
+        ``count``: new candidates wanted beyond the current instruction and the pool (default
+        ``num_candidates - 1``).
         """
         rng = random.Random(self.seed)
         computed = summarize_data(trainset)
@@ -282,7 +285,7 @@ class InstructionProposer:
             found = [current, *self._user_pool(name)]
             sets = [list(s.get(name, [])) for s in demo_sets if s.get(name)]
             labeled = [dict(ex) for ex in trainset]
-            wanted = self.num_candidates + len(found) - 1
+            wanted = (self.num_candidates - 1 if count is None else count) + len(found)
             if style == "induction":
                 found += self._induce(name, predictor, lm, sets, labeled, rng, wanted - len(dict.fromkeys(found)))
             else:
