@@ -9,7 +9,8 @@ carry, and search, feedback and accumulation can matter. Its rules were fixed an
 
 The task: a customer message about an order goes to one of six queues. Three pairs are easy to
 confuse, and the company's policy decides each pair (the ``SHOP`` domain; ``HELPDESK``, a
-university help desk with eight queues in four pairs, follows the same rules)::
+university help desk, and ``BANK``, a bank's customer service, each with eight queues in four
+pairs, follow the same rules)::
 
     refunds    duplicate or leftover charges         (a naive reader says billing)
     billing    invoices, receipts, tax lines         (a naive reader says refunds)
@@ -252,7 +253,96 @@ HELPDESK = Domain(
     items=("Ashby", "Brook", "Carver", "Dalton", "Elm", "Fenwick", "Grove", "Harlow"),
     numbers=(100, 9999),
 )  # fmt: skip
-DOMAINS = {"routing": SHOP, "helpdesk": HELPDESK}
+# Added after the help-desk run, when Bayesian gained refinements, and registered before its own
+# first run (bank_preregistration.md): a held-out check of that change.
+BANK = Domain(
+    name="bank",
+    instruction="Route the banking customer's message to the right queue.",
+    partner={"fraud": "disputes", "disputes": "fraud", "transfers": "deposits", "deposits": "transfers", "cards": "online",
+             "online": "cards", "loans": "savings", "savings": "loans"},
+    templates={
+        "fraud": (
+            "There is a payment of {n} on my card to a shop I have never visited.",
+            "My card was stolen {d} days ago and someone has used it since.",
+            "I got a text about a payment of {n} that I did not make.",
+        ),
+        "disputes": (
+            "The {item} shop took {n} from my card but never sent my order.",
+            "The {item} store charged me more than the price we agreed, {n} in all.",
+            "The {item} seller promised to pay back {n} {d} days ago and nothing has come.",
+        ),
+        "transfers": (
+            "My transfer of {n} to my landlord has not reached him after {d} days.",
+            "I sent {n} abroad and the person got less than I sent.",
+            "Please stop the transfer of {n} I made by mistake this morning.",
+        ),
+        "deposits": (
+            "My salary of {n} is not in my balance {d} days after payday.",
+            "A cheque for {n} that I paid in has not cleared after {d} days.",
+            "The cash I paid in at the {item} branch is missing from my balance, {n} in all.",
+        ),
+        "cards": (
+            "My card is declined at the {item} shop although I have {n} in my balance.",
+            "The new card I ordered {d} days ago has not come in the post.",
+            "I forgot the PIN of my card ending in {n}.",
+        ),
+        "online": (
+            "The banking app logs me out after {d} seconds every time.",
+            "The website shows error {n} when I open my statement.",
+            "The sign-in code for the app never reaches my phone, I tried {d} times.",
+        ),
+        "loans": (
+            "Can I pay off the rest of my loan {n} early without a fee?",
+            "The rate on my car loan went up by {d} points this month.",
+            "My loan repayment of {n} was taken on the wrong day.",
+        ),
+        "savings": (
+            "The interest on my saver account {n} dropped this month.",
+            "My fixed term of {d} months ends soon, what happens to account {n}?",
+            "I want to take {n} out of my saver pot before the term ends.",
+        ),
+    },
+    right_rules={
+        "fraud": ("Payments the customer did not make and stolen cards go to fraud, not disputes.",
+                  "Money taken by someone other than the customer belongs in fraud."),
+        "disputes": ("A merchant that did not deliver, overcharged or did not pay back goes to disputes, not fraud.",
+                     "A disagreement with a shop the customer really paid belongs in disputes."),
+        "transfers": ("Money the customer sent that is late, short or to be stopped goes to transfers, not deposits.",
+                      "Outgoing payments belong in transfers."),
+        "deposits": ("Salary, cheques or cash paid in that do not show in the balance go to deposits, not transfers.",
+                     "Money coming into the account belongs in deposits."),
+        "cards": ("Declined cards, cards not delivered and forgotten PINs go to cards, not online.",
+                  "The plastic card itself (its PIN, its delivery, its use in shops) belongs in cards."),
+        "online": ("App log-outs, website errors and sign-in codes go to online, not cards.",
+                   "Trouble with the app or the website belongs in online."),
+        "loans": ("Loan rates, early payoff and loan repayments go to loans, not savings.",
+                  "Money the customer owes the bank belongs in loans."),
+        "savings": ("Savings interest, fixed terms and savings pots go to savings, not loans.",
+                    "Money the customer keeps with the bank to grow belongs in savings."),
+    },
+    wrong_rules={
+        "fraud": "Any payment the customer complains about goes to disputes.",
+        "disputes": "Any money that left the card without the goods goes to fraud.",
+        "transfers": "Any money that has not arrived goes to deposits.",
+        "deposits": "Any payment that is late goes to transfers.",
+        "cards": "Any problem paying goes to online.",
+        "online": "Anything about signing in or codes goes to cards.",
+        "loans": "Any question about a rate goes to savings.",
+        "savings": "Anything about interest goes to loans.",
+    },
+    openers=(
+        "Route the banking customer's message to the right queue.",
+        "Read the customer's message and answer with the bank queue that should handle it, as one lowercase word.",
+        "Assign the message to one of the bank's service queues.",
+    ),
+    text_openers=(
+        "The data are short messages from bank customers; each goes to one service queue.",
+        "Each example is one customer message to a bank, labeled with the queue that handles it.",
+    ),
+    items=("Alder", "Beacon", "Cobalt", "Dune", "Ember", "Foxley", "Garnet", "Hollis"),
+    numbers=(100, 99999),
+)  # fmt: skip
+DOMAINS = {"routing": SHOP, "helpdesk": HELPDESK, "bank": BANK}
 INPUT, OUTPUT = "ticket", "queue"
 
 
