@@ -148,11 +148,15 @@ class Bayesian(Optimizer):
                 "observations": observations}  # fmt: skip
 
     def _observations(self, student: Module, trainset: list[Example]) -> str:
-        """The proposer's reading of the data, made once for the setup's proposals and the refinements."""
-        predictors = student.named_predictors()
-        if not predictors:
-            return ""
-        return self._proposer.observe(self._proposer.prompt_lm or predictors[0][1].resolve_lm(), trainset)
+        """The proposer's reading of the data, made once for the setup's proposals and the refinements.
+
+        Made by the first predictor's LM that gets meta-style proposals ("" when none does).
+        """
+        for _, predictor in student.named_predictors():
+            lm = self._proposer.prompt_lm or predictor.resolve_lm()
+            if self._proposer.style_for(lm.adapter) == "meta":
+                return self._proposer.observe(lm, trainset)
+        return ""
 
     def _refine(self, program: Module, setup: dict[str, Any], names: list[str], trainset: list[Example],
                 ranked: list[_Evidence]) -> dict[str, list[str]]:  # fmt: skip
