@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from support import Hop, doubling_dataset, scored_history
+from support import doubling_dataset, scored_history
 
 import oobleck as ob
 from oobleck.optimizers.estimate import estimate_compile
@@ -91,11 +91,3 @@ def test_an_induction_style_proposer_makes_no_refinements():
     with pytest.raises(ob.errors.ConfigurationError, match="num_refinements"):
         _bayesian(num_refinements=-1)
 
-
-def test_the_data_observations_come_from_the_first_predictor_whose_lm_gets_meta_proposals():
-    program = Hop()
-    small = ob.testing.ScriptedLM(["unused"], adapter="compact")
-    program.generate_query.lm = small
-    program.answer.lm = ob.testing.ScriptedLM(_reply, adapter="chat")
-    assert _bayesian()._observations(program, TRAIN) == "The answer is a number."
-    assert small.calls == []  # a compact-format model cannot write observations and is not asked

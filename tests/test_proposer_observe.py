@@ -97,3 +97,19 @@ def test_a_failed_observation_keeps_the_earlier_ones_and_says_so(caplog: pytest.
     assert len(asked) == 2  # the third batch is not asked after a failure
     assert script.proposals[0]["data_summary"].endswith("observations: note 1.")
     assert "data observation 1 failed" in caplog.text
+
+
+def test_a_program_is_observed_by_its_first_predictor_whose_lm_gets_meta_proposals() -> None:
+    script = Observer()
+
+    class Two(ob.Module):
+        def __init__(self) -> None:
+            self.first = ob.Predict("word -> label", lm=ScriptedLM(["unused"], adapter="compact"))
+            self.second = ob.Predict("word -> label", lm=ScriptedLM(script, adapter="chat"))
+
+        def forward(self, word: str) -> Any:
+            return self.second(word=self.first(word=word).label)
+
+    program = Two()
+    assert InstructionProposer().observe_program(program, _trainset(12)) == "note 1. note 2."
+    assert program.first.lm.calls == []  # a compact-format model cannot write observations and is not asked

@@ -141,22 +141,11 @@ class Bayesian(Optimizer):
     def _setup(self, program: Module, trainset: list[Example]) -> dict[str, Any]:
         student = program.reset_copy()
         demo_sets = self._demo_sets(student, trainset)
-        observations = self._observations(student, trainset)
+        observations = self._proposer.observe_program(student, trainset)
         instructions = self._proposer.propose(student, trainset, demo_sets=[c.demos for c in demo_sets[2:]] or [c.demos for c in demo_sets],
                                               observations=observations)  # fmt: skip
         return {"demo_sets": [{"source": c.source, "demos": c.demos} for c in demo_sets], "instructions": instructions,
                 "observations": observations}  # fmt: skip
-
-    def _observations(self, student: Module, trainset: list[Example]) -> str:
-        """The proposer's reading of the data, made once for the setup's proposals and the refinements.
-
-        Made by the first predictor's LM that gets meta-style proposals ("" when none does).
-        """
-        for _, predictor in student.named_predictors():
-            lm = self._proposer.prompt_lm or predictor.resolve_lm()
-            if self._proposer.style_for(lm.adapter) == "meta":
-                return self._proposer.observe(lm, trainset)
-        return ""
 
     def _refine(self, program: Module, setup: dict[str, Any], names: list[str], trainset: list[Example],
                 ranked: list[_Evidence]) -> dict[str, list[str]]:  # fmt: skip
@@ -254,6 +243,7 @@ class Bayesian(Optimizer):
         self.session = session
         scores: dict[str, Any] = {}
         setup: dict[str, Any] | None = None
+        ranked: list[_Evidence] = []
         refined: dict[str, list[str]] = {}
         with session:
             try:
@@ -269,7 +259,8 @@ class Bayesian(Optimizer):
             except BudgetExceeded as exc:
                 session.stopped = str(exc)
                 logger.warning("compile stopped: %s; keeping the best candidate so far", exc)
-            chosen, full_scores = self._choose(session, program, setup, names, valset, refined)
+            refinements = self._refined(setup, names, ranked, refined) if setup is not None else []
+            chosen, full_scores = self._choose(session, program, setup, names, valset, refinements)
             scores.update(self._baseline_scores(session, names))
         if chosen is None:
             chosen = Candidate.from_program(program, source="program (nothing was scored within the budget)")
@@ -279,9 +270,8 @@ class Bayesian(Optimizer):
         for record in session.records():
             shown = self._candidate(setup, record.params, names) if setup is not None and len(record.params) == 2 * len(names) else Candidate()
             candidates.append(Candidate(shown.instructions, shown.demos, score=record.score, cost=_logical(record.spend), source=record.label))
-        if setup is not None:
-            for _, candidate in self._refined(setup, names, self._ranked(session), refined):
-                candidates.append(Candidate(candidate.instructions, candidate.demos, score=full_scores.get(candidate.source), source=candidate.source))
+        for _, candidate in refinements:
+            candidates.append(Candidate(candidate.instructions, candidate.demos, score=full_scores.get(candidate.source), source=candidate.source))
         info = self._provenance(program, seed=self.seed, trainset=trainset, valset=valset, scores=scores, candidates=candidates,
                                 usage=_usage_of(session), metric=self.metric)  # fmt: skip
         info.update(session.provenance())
@@ -377,7 +367,7 @@ class Bayesian(Optimizer):
         return {"baseline": group.mean, "baseline_examples": len(group.rows)}
 
     def _choose(self, session: CompileSession, program: Module, setup: dict[str, Any] | None, names: list[str],
-                valset: list[Example], refined: Mapping[str, Sequence[str]] | None = None) -> tuple[Candidate | None, dict[str, float]]:  # fmt: skip
+                valset: list[Example], refinements: Sequence[tuple[str, Candidate]] = ()) -> tuple[Candidate | None, dict[str, float]]:  # fmt: skip
         """Fully score the top combinations and the refinements; the best wins, never worse than the baseline on what was measured."""
         if setup is None:
             return None, {}
@@ -403,7 +393,7 @@ class Bayesian(Optimizer):
             if not full(group):
                 break
         else:
-            for key, candidate in self._refined(setup, names, ranked, refined or {}):
+            for key, candidate in refinements:
                 if not score(key, candidate):
                     break
         stored = session.study.user_attrs

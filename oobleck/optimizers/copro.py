@@ -101,11 +101,6 @@ class COPRO(Optimizer):
         evaluate = Evaluate(devset=valset, metric=self.metric, num_threads=self.num_threads, display_progress=False)
         return evaluate(candidate.apply(program)).score
 
-    def _observe(self, program: Module, trainset: list[Example]) -> str:
-        """The proposer's observations of the data, read once for every round ("" for LMs that cannot write them)."""
-        lm = self._prompt_lm or program.named_predictors()[0][1].resolve_lm()
-        return InstructionProposer(self._prompt_lm, seed=self.seed).observe(lm, trainset)
-
     def _propose(self, program: Module, best: Candidate, name: str, trainset: list[Example],
                  tried: list[tuple[str, float]], round_: int, observations: str) -> list[str]:  # fmt: skip
         """New instructions for ``name`` (not the current one), written with the earlier scores in view."""
@@ -133,7 +128,7 @@ class COPRO(Optimizer):
                 for n in names:
                     history[n].append((best.instructions[n], baseline))
                 # once per run, before the rounds (a perfect baseline has no rounds to read them for)
-                observations = steps.once("copro.observations", lambda: self._observe(program, trainset)) if (best.score or 0.0) < 1.0 else ""
+                observations = steps.once("copro.observations", lambda: InstructionProposer(self._prompt_lm, seed=self.seed).observe_program(program, trainset)) if (best.score or 0.0) < 1.0 else ""
                 for round_, name in [(r, n) for r in range(self.depth) for n in names]:
                     if (best.score or 0.0) >= 1.0:  # perfect on the dev set: no proposal can beat it
                         break

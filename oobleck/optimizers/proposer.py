@@ -251,6 +251,14 @@ class InstructionProposer:
             notes = _clean(text) or notes
         return notes
 
+    def observe_program(self, program: Module, trainset: Sequence[Example], summary: str | None = None) -> str:
+        """``observe`` for a whole program: by the first predictor's LM that gets meta-style proposals ("" when none does)."""
+        for _, predictor in program.named_predictors():
+            lm = self.prompt_lm or predictor.resolve_lm()
+            if self.style_for(lm.adapter) == "meta":
+                return self.observe(lm, trainset, summary)
+        return ""
+
     def style_for(self, adapter: str | None) -> str:
         """The prompt style used for an LM that declares ``adapter``."""
         if self.style != "auto":
@@ -274,12 +282,12 @@ class InstructionProposer:
         """
         rng = random.Random(self.seed)
         computed = summarize_data(trainset)
+        if observations is None:
+            observations = self.observe_program(program, trainset, computed)
         out: dict[str, list[str]] = {}
         for name, predictor in program.named_predictors():
             lm = self.prompt_lm or predictor.resolve_lm()
             style = self.style_for(lm.adapter)
-            if style == "meta" and observations is None:
-                observations = self.observe(lm, trainset, computed)
             summary = f"{computed}\nobservations: {observations}" if observations else computed
             current = predictor.signature.instructions
             found = [current, *self._user_pool(name)]
